@@ -1,0 +1,100 @@
+"""Checkpoints: a directory with config.json, model.safetensors and users.json, written atomically.
+
+No pickle anywhere: tensors go through safetensors, everything else is JSON. config.json records the
+sha256 of the tensor file, so a truncated or altered checkpoint is refused instead of loading wrong numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from pluralign.errors import CheckpointError
+
+FORMAT = "pluralign-checkpoint"
+VERSION = 1
+CONFIG, TENSORS, USERS = "config.json", "model.safetensors", "users.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as handle:
+        json.dump(obj, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(
+    directory: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], users: list[str]
+) -> Path:
+    """Write a checkpoint; an existing one at ``directory`` is replaced only once the new one is complete."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
+        _write_json(tmp / USERS, list(users))
+        full = {"format": FORMAT, "version": VERSION, "tensors_sha256": _sha256(tmp / TENSORS), **config}
+        _write_json(tmp / CONFIG, full)
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(directory, old)
+        os.rename(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
+    """Read and verify a checkpoint; any problem raises CheckpointError naming the file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory (it does not exist or is a file)")
+    for name in (CONFIG, TENSORS, USERS):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: missing {name}; is this a pluralign checkpoint?")
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{directory / CONFIG}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / CONFIG}: not a pluralign checkpoint (format field missing)")
+    if config.get("version") != VERSION:
+        raise CheckpointError(
+            f"{directory / CONFIG}: checkpoint version {config.get('version')} is not supported "
+            f"(this pluralign reads version {VERSION})"
+        )
+    if _sha256(directory / TENSORS) != config.get("tensors_sha256"):
+        raise CheckpointError(f"{directory / TENSORS}: checksum mismatch: the file is corrupt or was changed")
+    try:
+        tensors = load_file(str(directory / TENSORS))
+    except (SafetensorsError, OSError) as exc:
+        raise CheckpointError(f"{directory / TENSORS}: cannot read tensors ({exc})") from None
+    try:
+        users = json.loads((directory / USERS).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{directory / USERS}: not valid JSON ({exc})") from None
+    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        raise CheckpointError(f"{directory / USERS}: expected a JSON list of user id strings")
+    return config, tensors, users

@@ -1,0 +1,204 @@
+"""Fit loop: index-based shuffled batches, AdamW with a learning rate per parameter group, early stopping
+on validation accuracy, tqdm progress and per-epoch metrics as JSON lines."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pluralign.models.base import Batch, PreferenceModel, Tables
+from pluralign.training.losses import accuracy, get_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings. Defaults follow PAL App. D.2: lr 5e-4 / weight decay 1e-3 for the shared
+    maps, lr 5e-3 for prototypes and user weights."""
+
+    loss: str = "logistic"
+    epochs: int = 100
+    batch_size: int = 1024
+    lr_maps: float = 5e-4
+    wd_maps: float = 1e-3
+    lr_prototypes: float = 5e-3
+    wd_prototypes: float = 0.0
+    lr_users: float = 5e-3
+    wd_users: float = 0.0
+    #: stop after this many epochs without a better validation accuracy (None: never stop early)
+    patience: int | None = 10
+    min_delta: float = 0.0
+    max_grad_norm: float | None = None
+    eval_batch_size: int = 65536
+    seed: int = 0
+    progress: bool = True
+    metrics_path: str | None = None
+
+    def __post_init__(self) -> None:
+        get_loss(self.loss)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_maps", "lr_prototypes", "lr_users"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    comparisons_per_second: float = 0.0
+
+
+@torch.no_grad()
+def predict_margins(
+    model: PreferenceModel,
+    batch: Batch,
+    tables: Tables,
+    logits: torch.Tensor | None = None,
+    chunk: int = 65536,
+) -> torch.Tensor:
+    """Margins of all rows in eval mode, in chunks to bound memory."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [
+            model.margins(batch.take(slice(s, s + chunk)), tables, logits)
+            for s in range(0, len(batch), chunk)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def make_optimizer(model: PreferenceModel, config: TrainConfig) -> torch.optim.Optimizer:
+    settings = {
+        "maps": (config.lr_maps, config.wd_maps),
+        "prototypes": (config.lr_prototypes, config.wd_prototypes),
+        "users": (config.lr_users, config.wd_users),
+    }
+    groups = [
+        {"params": params, "lr": settings[name][0], "weight_decay": settings[name][1], "name": name}
+        for name, params in model.param_groups().items()
+        if params
+    ]
+    # foreach=True: one fused update per group instead of a Python loop over tensors.
+    return torch.optim.AdamW(groups, foreach=True)
+
+
+def fit(
+    model: PreferenceModel,
+    train: tuple[Batch, Tables],
+    val: tuple[Batch, Tables] | None = None,
+    config: TrainConfig | None = None,
+) -> History:
+    """Train ``model`` in place; with ``val``, keep the weights of the best validation epoch."""
+    config = config or TrainConfig()
+    loss_fn = get_loss(config.loss)
+    batch, tables = train
+    n = len(batch)
+    if n == 0:
+        raise ValueError("no training comparisons")
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    history = History()
+    best_state: dict | None = None
+    stale = 0
+    metrics_file = None
+    if config.metrics_path:
+        Path(config.metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        metrics_file = open(config.metrics_path, "w")  # noqa: SIM115 - closed in finally
+    start = time.perf_counter()
+    bar = tqdm(total=config.epochs * steps_per_epoch, disable=not config.progress, unit="step", leave=False)
+    try:
+        model.train()
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            order = torch.randperm(n, generator=generator)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            correct = torch.zeros((), dtype=torch.float64)
+            for s in range(0, n, config.batch_size):
+                rows = batch.take(order[s : s + config.batch_size])
+                margin = model.margins(rows, tables)
+                loss = loss_fn(margin).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                loss_sum += loss.detach() * len(rows)
+                correct += accuracy(margin.detach()) * len(rows)
+                bar.update(1)
+            record = {
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / n,
+                "train_accuracy": float(correct) / n,
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            if val is not None and len(val[0]):
+                val_margin = predict_margins(model, *val, chunk=config.eval_batch_size)
+                record["val_loss"] = float(loss_fn(val_margin).mean())
+                record["val_accuracy"] = float(accuracy(val_margin))
+            history.epochs.append(record)
+            if metrics_file:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            bar.set_postfix(
+                epoch=epoch,
+                loss=f"{record['train_loss']:.4f}",
+                **({"val_acc": f"{record['val_accuracy']:.4f}"} if "val_accuracy" in record else {}),
+            )
+            logger.debug("epoch %d: %s", epoch, record)
+            if "val_accuracy" not in record:
+                continue
+            if (
+                history.best_val_accuracy is None
+                or record["val_accuracy"] > history.best_val_accuracy + config.min_delta
+            ):
+                history.best_val_accuracy, history.best_epoch = record["val_accuracy"], epoch
+                best_state = copy.deepcopy(model.state_dict())
+                stale = 0
+            else:
+                stale += 1
+                if config.patience is not None and stale >= config.patience:
+                    history.stopped_early = True
+                    logger.info("early stop at epoch %d (best %d)", epoch, history.best_epoch)
+                    break
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    history.comparisons_per_second = n * len(history.epochs) / max(history.seconds, 1e-9)
+    logger.info(
+        "trained %d epochs in %.1fs (%.0f comparisons/s), best val accuracy %s",
+        len(history.epochs),
+        history.seconds,
+        history.comparisons_per_second,
+        history.best_val_accuracy,
+    )
+    return history
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)
