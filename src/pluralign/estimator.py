@@ -8,6 +8,7 @@ an underscore.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Sequence
@@ -63,7 +64,7 @@ class PALEstimator:
         wd_users: float = 0.0,
         patience: int | None = 10,
         seed: int = 0,
-        encoder: Encoder | str | None = None,
+        encoder: Encoder | str | dict | None = None,
         cache_dir: str | Path | None = None,
         adapt_ridge: float = 1.0,
         adapt_steps: int = 300,
@@ -294,6 +295,14 @@ class PALEstimator:
                 weights[torch.from_numpy(rows)], torch.from_numpy(items), torch.from_numpy(contexts)
             )
         return rewards.double().numpy()
+
+    def copy(self) -> PALEstimator:
+        """An independent copy of the fitted model (the encoder and its cache are shared)."""
+        clone = copy.copy(self)
+        if hasattr(self, "model_"):
+            clone.model_ = copy.deepcopy(self.model_)
+            clone.users_ = self.users_.copy()
+        return clone
 
     # --- new users --------------------------------------------------------------------------------------
     def adapt(self, data: DataLike, *, ridge: float | None = None) -> pd.DataFrame:

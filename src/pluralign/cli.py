@@ -1,0 +1,390 @@
+"""The `pluralign` command line: synth, embed, train, eval, adapt, score, demo, bench."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import runpy
+import sys
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pluralign.errors import PluralignError
+
+app = typer.Typer(
+    help="pluralign: personalized reward models from heterogeneous preferences (PAL, BTL).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(
+    help="Reproducible experiments and benchmarks (JSON + table + plots).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ModelKind(StrEnum):
+    pal_a = "pal-a"
+    pal_b = "pal-b"
+    btl = "btl"
+
+
+class Loss(StrEnum):
+    logistic = "logistic"
+    hinge = "hinge"
+
+
+def _setup(verbose: bool) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user-facing errors into one clear line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PluralignError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except (ValueError, FileNotFoundError) as exc:
+            # Bad option values reach us as ValueError from config validation.
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    table = Table(title=title)
+    if not rows:
+        console.print("(no rows)")
+        return
+    for key in rows[0]:
+        table.add_column(str(key), justify="right" if isinstance(rows[0][key], int | float) else "left")
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
+def emit(rows: list[dict[str, Any]], as_json: bool, title: str | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, title)
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details to stderr.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+EncoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--encoder",
+        help="Sentence-transformers/HF model directory, or a .npz/.parquet file of precomputed vectors "
+        "keyed by text. Default: all-MiniLM-L6-v2 (offline).",
+    ),
+]
+CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Embedding cache directory.")]
+
+
+# --------------------------------------------------------------------------------------------------------
+@app.command()
+@command
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output directory.")],
+    model: Annotated[str, typer.Option(help="Generative model: pal_a or pal_b.")] = "pal_a",
+    setting: Annotated[str, typer.Option(help="mixture (users inside the hull) or partition.")] = "mixture",
+    dim: Annotated[int, typer.Option(help="Item dimension d.")] = 16,
+    prototypes: Annotated[int, typer.Option("--prototypes", help="True number of prototypes K*.")] = 3,
+    users: Annotated[int, typer.Option(help="Seen users N.")] = 100,
+    train: Annotated[int, typer.Option(help="Training comparisons per seen user.")] = 100,
+    val: Annotated[int, typer.Option(help="Validation comparisons per seen user.")] = 0,
+    test: Annotated[int, typer.Option(help="Held-out comparisons per seen user.")] = 50,
+    unseen_users: Annotated[int, typer.Option(help="Unseen users for few-shot evaluation.")] = 50,
+    unseen_per_user: Annotated[int, typer.Option(help="Comparisons per unseen user.")] = 150,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    verbose: Verbose = False,
+) -> None:
+    """Generate the PAL paper's synthetic data (Sec. 4.2 / App. D.2) as JSONL files plus item vectors."""
+    _setup(verbose)
+    from pluralign.datasets.synthetic import make_synthetic, write_synthetic
+
+    dataset = make_synthetic(
+        model=model,
+        setting=setting,
+        dim=dim,
+        n_prototypes=prototypes,
+        n_users=users,
+        n_train=train,
+        n_val=val,
+        n_test=test,
+        n_unseen_users=unseen_users,
+        n_unseen_per_user=unseen_per_user,
+        seed=seed,
+    )
+    files = write_synthetic(dataset, out)
+    emit([{"file": str(p), "rows": n} for p, n in files.items()], False, title=f"synthetic data in {out}")
+
+
+@app.command()
+@command
+def embed(
+    data: Annotated[
+        list[Path], typer.Argument(help="Preference files (JSONL, CSV, Parquet, HF dataset dir).")
+    ],
+    cache: Annotated[Path, typer.Option("--cache", help="Embedding cache directory.")],
+    encoder: EncoderOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Encoder batch size.")] = 64,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Embed every distinct prompt and response into the on-disk cache (each text once, ever)."""
+    _setup(verbose)
+    import numpy as np
+
+    from pluralign.data import read_preferences
+    from pluralign.encoders import embed_texts, open_cache
+    from pluralign.encoders.spec import encoder_from_spec
+
+    enc = encoder_from_spec(encoder)
+    store = open_cache(cache, enc)
+    texts: list[str] = []
+    for path in data:
+        rows = read_preferences(path)
+        texts += [*rows.items.tolist(), *rows.contexts.tolist()]
+    unique = np.unique(np.asarray(texts, dtype=object).astype(str))
+    _, hit = store.get_many(unique.tolist())
+    start = time.perf_counter()
+    embed_texts(unique.tolist(), enc, cache=store, batch_size=batch_size, show_progress=True)
+    seconds = time.perf_counter() - start
+    new = int((~hit).sum())
+    emit(
+        [
+            {
+                "texts": len(unique),
+                "from_cache": int(hit.sum()),
+                "encoded": new,
+                "seconds": round(seconds, 2),
+                "texts_per_s": round(new / seconds, 1) if new and seconds > 0 else None,
+                "encoder": enc.id,
+            }
+        ],
+        as_json,
+    )
+
+
+@app.command()
+@command
+def train(
+    train_data: Annotated[Path, typer.Argument(metavar="TRAIN", help="Training preferences.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (model/ + metrics.jsonl).")],
+    val: Annotated[Path | None, typer.Option(help="Validation preferences (early stopping).")] = None,
+    model: Annotated[ModelKind, typer.Option(help="Model family.")] = ModelKind.pal_b,
+    k: Annotated[int, typer.Option("--k", help="Number of prototypes K.")] = 3,
+    dim: Annotated[int, typer.Option(help="Latent dimension d.")] = 16,
+    f_layers: Annotated[int, typer.Option(help="Layers of f (1 = linear).")] = 2,
+    g_layers: Annotated[int, typer.Option(help="Layers of each g_k (PAL-B).")] = 2,
+    hidden: Annotated[int | None, typer.Option(help="Hidden width (default: input width).")] = None,
+    dropout: Annotated[float, typer.Option(help="Dropout in the MLPs.")] = 0.0,
+    no_bias: Annotated[bool, typer.Option("--no-bias", help="Linear layers without bias.")] = False,
+    loss: Annotated[Loss, typer.Option(help="Loss on the reward margin.")] = Loss.logistic,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Comparisons per step.")] = 1024,
+    lr_maps: Annotated[float, typer.Option(help="Learning rate of f (and g).")] = 5e-4,
+    wd_maps: Annotated[float, typer.Option(help="Weight decay of f (and g).")] = 1e-3,
+    lr_prototypes: Annotated[float, typer.Option(help="Learning rate of the prototypes.")] = 5e-3,
+    lr_users: Annotated[float, typer.Option(help="Learning rate of the user weights.")] = 5e-3,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0: off).")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    encoder: EncoderOpt = None,
+    cache: CacheOpt = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Train a personalized reward model and save it to OUT/model."""
+    _setup(verbose)
+    from pluralign.estimator import BTL, PALA, PALB
+
+    params: dict[str, Any] = {
+        "f_layers": f_layers,
+        "g_layers": g_layers,
+        "hidden": hidden,
+        "dropout": dropout,
+        "bias": not no_bias,
+        "loss": loss.value,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr_maps": lr_maps,
+        "wd_maps": wd_maps,
+        "lr_prototypes": lr_prototypes,
+        "lr_users": lr_users,
+        "patience": patience or None,
+        "seed": seed,
+        "encoder": encoder,
+        "cache_dir": cache,
+        "progress": True,
+        "metrics_path": out / "metrics.jsonl",
+    }
+    if model is ModelKind.btl:
+        est = BTL(**params)
+    else:
+        est = (PALA if model is ModelKind.pal_a else PALB)(n_prototypes=k, dim=dim, **params)
+    est.fit(train_data, val)
+    est.save(out / "model")
+    history = est.history_
+    last = history.epochs[-1]
+    row = {
+        "model": model.value,
+        "K": est.n_prototypes,
+        "users": len(est.users_),
+        "epochs": len(history.epochs),
+        "train_accuracy": last["train_accuracy"],
+        "val_accuracy": history.best_val_accuracy,
+        "seconds": round(history.seconds, 2),
+        "comparisons_per_s": round(history.comparisons_per_second),
+        "saved": str(out / "model"),
+    }
+    emit([row], as_json, title="training")
+
+
+def _load(run: Path, encoder: str | None = None):
+    from pluralign.estimator import PALEstimator
+
+    model_dir = run / "model" if (run / "model").is_dir() else run
+    est = PALEstimator.load(model_dir)
+    if encoder is not None:
+        est.encoder = encoder
+    return est
+
+
+@app.command("eval")
+@command
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ directory).")],
+    data: Annotated[list[Path], typer.Argument(help="Preference files to score.")],
+    encoder: EncoderOpt = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Accuracy of a trained model on preference files (unknown users get zero-shot weights)."""
+    _setup(verbose)
+    from pluralign.data import read_preferences
+
+    est = _load(run, encoder)
+    rows = []
+    for path in data:
+        prefs = read_preferences(path)
+        known = est.users_.get_indexer(prefs.user_ids.astype(str))[prefs.user] >= 0
+        rows.append(
+            {
+                "file": str(path),
+                "comparisons": len(prefs),
+                "known_users_share": float(known.mean()),
+                "accuracy": est.score(prefs),
+            }
+        )
+    emit(rows, as_json, title="evaluation")
+
+
+@app.command()
+@command
+def adapt(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ directory).")],
+    data: Annotated[Path, typer.Argument(help="Comparisons of the (new) users to fit.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the adapted model.")],
+    test: Annotated[Path | None, typer.Option(help="Held-out comparisons of these users to score.")] = None,
+    ridge: Annotated[float | None, typer.Option(help="Pull toward the zero-shot weights.")] = None,
+    encoder: EncoderOpt = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Few-shot: fit only the K weights of the users in DATA (shared maps frozen); save the model."""
+    _setup(verbose)
+    est = _load(run, encoder)
+    zero_shot = est.score(test) if test is not None else None
+    weights = est.adapt(data, ridge=ridge)
+    est.save(out if out.name == "model" else out / "model")
+    summary = {
+        "users_fitted": len(weights),
+        "median_comparisons": float(weights["n_comparisons"].median()),
+        "saved": str(out),
+    }
+    if test is not None:
+        summary["zero_shot_accuracy"] = zero_shot
+        summary["few_shot_accuracy"] = est.score(test)
+    emit([summary], as_json, title="adaptation")
+
+
+@app.command()
+@command
+def score(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ directory).")],
+    response: Annotated[list[str], typer.Option("--response", "-r", help="A candidate response (repeat).")],
+    user: Annotated[str, typer.Option(help="User id (unknown users get zero-shot weights).")],
+    prompt: Annotated[str, typer.Option(help="The prompt / context.")] = "",
+    encoder: EncoderOpt = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Reward of each response for one user, best first (best-of-n reranking)."""
+    _setup(verbose)
+    est = _load(run, encoder)
+    rewards = est.reward(user, prompt, response)
+    order = sorted(range(len(response)), key=lambda i: -rewards[i])
+    rows = [
+        {"rank": r + 1, "reward": float(rewards[i]), "response": response[i]} for r, i in enumerate(order)
+    ]
+    known = user in est.users_
+    emit(rows, as_json, title=f"user {user!r} ({'known' if known else 'unknown: zero-shot weights'})")
+
+
+@app.command()
+@command
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where runs and the results go.")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    verbose: Verbose = False,
+) -> None:
+    """End to end on the paper's synthetic data: BTL vs PAL-A for K = 1..4, then new users few-shot."""
+    _setup(verbose)
+    from pluralign.demo import run_demo
+
+    run_demo(out, seed=seed, console=console)
+
+
+def _run_benchmark(name: str, args: list[str]) -> None:
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    if not script.is_file():
+        raise PluralignError(f"benchmark script {script} not found: benchmarks ship with the source checkout")
+    sys.argv = [str(script), *args]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+@bench_app.command("synthetic", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command
+def bench_synthetic(ctx: typer.Context) -> None:
+    """PAL Sec. 4.2: seen-user accuracy for K = 1..5 (K* = 3) and the few-shot curve."""
+    _run_benchmark("synthetic", list(ctx.args))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
