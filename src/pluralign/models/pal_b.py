@@ -68,7 +68,8 @@ class PALBModel(PreferenceModel):
         return (self.prototype_margins(batch, tables) * weights[user_pos]).sum(-1)
 
     def rewards(self, weights: torch.Tensor, items: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-        z = torch.einsum("...k,bkd->bd", weights, self.prototype_directions(contexts))
+        g = self.prototype_directions(contexts)
+        z = torch.einsum("bk,bkd->bd", weights.expand(len(g), -1), g)
         return self.scale * (self.item_directions(items) * z).sum(-1)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
