@@ -1,0 +1,64 @@
+"""Figures as PNG files (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Write a figure atomically (temp file, then rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def accuracy_vs_k_axes(
+    ax: plt.Axes,
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    *,
+    true_k: int | None = None,
+    title: str = "",
+) -> None:
+    """One line per label: (K values, mean accuracy, std) with error bars; a dashed line at K*."""
+    for label, (ks, mean, std) in curves.items():
+        ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=label)
+    if true_k is not None:
+        ax.axvline(true_k, color="grey", linestyle="--", linewidth=1, label=f"K* = {true_k}")
+    ax.set_xlabel("number of prototypes K")
+    ax.set_ylabel("seen-user test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def few_shot_axes(
+    ax: plt.Axes,
+    shots: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    reference: float | None = None,
+    reference_label: str = "seen users",
+    title: str = "",
+) -> None:
+    """Accuracy of unseen users against the number of their comparisons used to fit their weights."""
+    ax.errorbar(shots, mean, yerr=std, marker="o", capsize=3, label="unseen users (few-shot)")
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_xscale("symlog", linthresh=5)
+    ax.set_xlabel("comparisons of the new user (0 = zero-shot)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
