@@ -85,10 +85,10 @@ def test_btl_margin_is_shared_reward_difference():
     model = BTLModel(5, item_dim=6, context_dim=4).double()
     tables = Tables(tables.items.double(), tables.contexts.double())
     x, c = tables.items.numpy(), tables.contexts.numpy()
-    u, ctx, ch, rj = (t.numpy() for t in batch)
-    expected = (_np_mlp2(model.f, np.hstack([x[ch], c[ctx]])) - _np_mlp2(model.f, np.hstack([x[rj], c[ctx]])))[
-        :, 0
-    ]
+    _, ctx, ch, rj = (t.numpy() for t in batch)
+    expected = (
+        _np_mlp2(model.f, np.hstack([x[ch], c[ctx]])) - _np_mlp2(model.f, np.hstack([x[rj], c[ctx]]))
+    )[:, 0]
     np.testing.assert_allclose(model.margins(batch, tables).detach().numpy(), expected, rtol=1e-10)
 
 

@@ -1,0 +1,141 @@
+"""The command line end to end on a tiny synthetic dataset, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pluralign.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    result = invoke(
+        "synth",
+        out,
+        "--users",
+        20,
+        "--train",
+        40,
+        "--test",
+        20,
+        "--prototypes",
+        2,
+        "--unseen-users",
+        8,
+        "--unseen-per-user",
+        60,
+        "--seed",
+        3,
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_synth_writes_files(synth_dir):
+    names = {p.name for p in synth_dir.iterdir()}
+    assert {"train.jsonl", "test.jsonl", "unseen_adapt.jsonl", "unseen_test.jsonl", "vectors.npz"} <= names
+    first = json.loads((synth_dir / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) >= {"user_id", "prompt", "chosen", "rejected"}
+
+
+def test_train_eval_adapt_score(synth_dir, tmp_path):
+    run = tmp_path / "run"
+    result = invoke(
+        "train",
+        synth_dir / "train.jsonl",
+        "--out",
+        run,
+        "--model",
+        "pal-a",
+        "--k",
+        2,
+        "--epochs",
+        20,
+        "--f-layers",
+        1,
+        "--encoder",
+        synth_dir / "vectors.npz",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)[0]
+    assert summary["users"] == 20 and summary["epochs"] == 20
+    assert (run / "model" / "config.json").is_file()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 20
+
+    result = invoke("eval", run, synth_dir / "test.jsonl", "--json")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(result.stdout)[0]
+    assert evaluation["known_users_share"] == 1.0 and 0.5 < evaluation["accuracy"] <= 1.0
+
+    result = invoke(
+        "adapt",
+        run,
+        synth_dir / "unseen_adapt.jsonl",
+        "--test",
+        synth_dir / "unseen_test.jsonl",
+        "--out",
+        tmp_path / "adapted",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    adapted = json.loads(result.stdout)[0]
+    assert adapted["users_fitted"] == 8
+    assert {"zero_shot_accuracy", "few_shot_accuracy"} <= set(adapted)
+
+    train_row = json.loads((synth_dir / "train.jsonl").read_text().splitlines()[0])
+    result = invoke(
+        "score",
+        run,
+        "--user",
+        train_row["user_id"],
+        "--response",
+        train_row["chosen"],
+        "--response",
+        train_row["rejected"],
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    ranked = json.loads(result.stdout)
+    assert [r["rank"] for r in ranked] == [1, 2]
+    assert ranked[0]["reward"] >= ranked[1]["reward"]
+
+
+def test_bad_input_exits_2_with_location_and_writes_nothing(tmp_path, synth_dir):
+    bad = tmp_path / "bad.jsonl"
+    good = (synth_dir / "train.jsonl").read_text().splitlines()[:3]
+    bad.write_text(
+        "\n".join([*good, json.dumps({"user_id": "u", "prompt": "", "chosen": "a", "rejected": "a"})])
+    )
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", str(bad), "--out", str(run), "--encoder", str(synth_dir / "vectors.npz")]
+    )
+    assert result.exit_code == 2
+    assert "bad.jsonl:4" in result.output and "rejected" in result.output
+    assert "Traceback" not in result.output
+    assert not run.exists()
+
+
+def test_missing_file_and_missing_checkpoint(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "nope.jsonl" in result.output
+    result = runner.invoke(app, ["eval", str(tmp_path / "norun"), str(tmp_path / "x.jsonl")])
+    assert result.exit_code == 2 and "not a checkpoint directory" in result.output
+
+
+def test_help_lists_commands():
+    result = invoke("--help")
+    for name in ("synth", "embed", "train", "eval", "adapt", "score", "demo", "bench"):
+        assert name in result.output
