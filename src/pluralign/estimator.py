@@ -22,7 +22,7 @@ import torch
 from pluralign.checkpoint import load_checkpoint, save_checkpoint
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.readers import read_preferences
-from pluralign.encoders import Encoder, embed_data, embed_texts, open_cache
+from pluralign.encoders import EmbeddingCache, Encoder, embed_data, embed_texts, open_cache
 from pluralign.encoders.spec import encoder_from_spec, encoder_spec
 from pluralign.errors import CheckpointError, DataError, PluralignError
 from pluralign.models.base import Batch, PreferenceModel, Tables
@@ -123,14 +123,20 @@ class PALEstimator:
             self.encoder_ = encoder_from_spec(self.encoder)
         return self.encoder_
 
+    def _get_cache(self) -> EmbeddingCache | None:
+        """The embedding cache, opened once per estimator (opening reads every key)."""
+        if self.cache_dir is None:
+            return None
+        if getattr(self, "cache_", None) is None:
+            self.cache_ = open_cache(self.cache_dir, self._get_encoder())
+        return self.cache_
+
     def _prepare(self, data: DataLike) -> PreferenceData:
         if not isinstance(data, PreferenceData):
             data = read_preferences(data)
         if data.is_embedded:
             return data
-        encoder = self._get_encoder()
-        cache = open_cache(self.cache_dir, encoder) if self.cache_dir else None
-        return embed_data(data, encoder, cache=cache, show_progress=self.progress)
+        return embed_data(data, self._get_encoder(), cache=self._get_cache(), show_progress=self.progress)
 
     def _check_dims(self, item_dim: int, context_dim: int, source: str | None = None) -> None:
         if hasattr(self, "item_dim_") and (item_dim, context_dim) != (self.item_dim_, self.context_dim_):
@@ -277,8 +283,7 @@ class PALEstimator:
             )
         if n == 0:
             return np.zeros(0)
-        encoder = self._get_encoder()
-        cache = open_cache(self.cache_dir, encoder) if self.cache_dir else None
+        encoder, cache = self._get_encoder(), self._get_cache()
         items = embed_texts(responses, encoder, cache=cache)
         contexts = (
             embed_texts(prompts, encoder, cache=cache)

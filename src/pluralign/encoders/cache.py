@@ -1,0 +1,566 @@
+"""An on-disk embedding cache: every distinct text is encoded once, ever.
+
+Layout of a cache directory (one encoder per directory)::
+
+    meta.json                      {"format": "pluralign-embedding-cache", "version": 1, "encoder_id", "dim"}
+    shard-<h>.vectors.npy          float32 [n, dim], memory-mapped on load
+    shard-<h>.keys.npy             S32 [n], sorted sha256(encoder_id + "\\0" + text) digests
+
+Shards are immutable. A shard is written as two temp files, each fsynced and then renamed into place,
+vectors first: the keys file is the commit record, so a crash leaves either a whole shard or an orphan
+vectors file, which is ignored. ``<h>`` is the sha256 of the keys and vector bytes (``verify`` rechecks it).
+Loading reads only the keys (32 bytes a text), checks every header and file size, and maps the vectors.
+Concurrent writers are safe: each writes new shards; a text encoded by two of them is stored twice, which
+is harmless (the first copy wins on load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pluralign.encoders.base import Encoder
+from pluralign.errors import PluralignError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "pluralign-embedding-cache"
+VERSION = 1
+META = "meta.json"
+KEY_DTYPE = np.dtype("S32")
+VEC_DTYPE = np.dtype("<f4")
+# Leftovers of another live writer must survive; anything this old is from a crash.
+STALE_SECONDS = 3600.0
+# Temp names carry host and pid so that leftovers of dead local writers can go at once ("-" separates).
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
+def text_keys(encoder_id: str, texts: Sequence[str]) -> np.ndarray:
+    """sha256(encoder_id + "\\0" + text) of each text, as an S32 array."""
+    base = hashlib.sha256(encoder_id.encode("utf-8") + b"\0")
+
+    def digest(text: str) -> bytes:
+        h = base.copy()
+        # surrogatepass: lone surrogates (possible in JSON input) must hash, not crash.
+        h.update(text.encode("utf-8", "surrogatepass"))
+        return h.digest()
+
+    return np.frombuffer(b"".join(map(digest, texts)), dtype=KEY_DTYPE).copy()
+
+
+class _Vanished(PluralignError):
+    """A shard deleted by a concurrent compaction while it was being loaded."""
+
+
+class _Shard:
+    __slots__ = ("keys_path", "n", "name", "vectors", "vectors_path")
+
+    def __init__(self, name: str, keys_path: Path, vectors_path: Path, vectors: np.ndarray) -> None:
+        self.name = name
+        self.keys_path = keys_path
+        self.vectors_path = vectors_path
+        self.vectors = vectors
+        self.n = len(vectors)
+
+
+class EmbeddingCache:
+    """Vectors of one encoder, keyed by sha256(encoder_id + "\\0" + text), in ``directory``.
+
+    ``dim=None`` takes the dimension from an existing cache (or from the first ``put_many``). A cache
+    written for another encoder id, dimension or format version is refused with ``PluralignError``; so is
+    a damaged shard, naming the file to delete. Shards past ``max_shards`` are merged automatically (the
+    smaller half at a time, so large shards are rarely rewritten). Not thread-safe; safe across processes.
+    """
+
+    def __init__(
+        self, directory: str | Path, encoder_id: str, dim: int | None = None, *, max_shards: int = 64
+    ) -> None:
+        self.directory = Path(directory)
+        self.encoder_id = encoder_id
+        self.max_shards = max(2, int(max_shards))
+        self.root: Path | None = None  # the directory of all encoders' caches, when opened by open_cache
+        self._dim = dim
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PluralignError(
+                f"cannot create the embedding cache directory {self.directory}: {exc}"
+            ) from exc
+        self._read_meta()
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingCache({str(self.directory)!r}, {self.encoder_id!r}, dim={self._dim}, "
+            f"{len(self)} texts in {len(self._shards)} shards)"
+        )
+
+    # --- metadata --------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int | None:
+        """Vector size, or ``None`` for a new cache whose size is set by the first ``put_many``."""
+        return self._dim
+
+    def _meta(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "encoder_id": self.encoder_id, "dim": self._dim}
+
+    def _read_meta(self) -> None:
+        path = self.directory / META
+        if not path.exists():
+            if any(self.directory.glob("shard-*.keys.npy")):
+                raise PluralignError(
+                    f"embedding cache {self.directory} has shards but no {META}: it cannot be checked "
+                    "against the encoder; delete the directory to rebuild it"
+                )
+            if self._dim is not None:
+                self._write_meta()
+            return
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            fmt, version = meta["format"], int(meta["version"])
+            encoder_id, dim = str(meta["encoder_id"]), int(meta["dim"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PluralignError(
+                f"{path}: unreadable embedding-cache metadata ({exc}); delete {self.directory} to rebuild it"
+            ) from exc
+        if fmt != FORMAT or version != VERSION:
+            raise PluralignError(
+                f"{path}: embedding cache format {fmt!r} version {version} is not {FORMAT!r} version "
+                f"{VERSION}; delete {self.directory} to rebuild it"
+            )
+        if encoder_id != self.encoder_id:
+            raise PluralignError(
+                f"{path}: the embedding cache belongs to encoder {encoder_id!r}, not {self.encoder_id!r}; "
+                "use another cache directory (open_cache keeps one subdirectory per encoder)"
+            )
+        if self._dim is not None and dim != self._dim:
+            raise PluralignError(
+                f"{path}: the embedding cache holds {dim}-dim vectors but encoder {self.encoder_id!r} "
+                f"gives {self._dim}-dim ones; delete {self.directory} to rebuild it"
+            )
+        self._dim = dim
+
+    def _write_meta(self) -> None:
+        text = json.dumps(self._meta(), indent=1) + "\n"
+        _atomic_write(self.directory / META, lambda f: f.write(text.encode("utf-8")))
+        _fsync_dir(self.directory)
+
+    # --- loading ---------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Reload the shard list (e.g. to see shards that other processes wrote since this one loaded)."""
+        self._clean_leftovers()
+        for attempt in range(5):
+            shards: list[_Shard] = []
+            key_parts: list[np.ndarray] = []
+            try:
+                for keys_path in sorted(self.directory.glob("shard-*.keys.npy")):
+                    shard, keys = self._load_shard(keys_path)
+                    shards.append(shard)
+                    key_parts.append(keys)
+            except _Vanished:
+                # Another process merged shards while we listed them: its merged shard may be unlisted.
+                if attempt == 4:
+                    raise
+                continue
+            break
+        self._shards = shards
+        self._set_index(key_parts)
+
+    def _load_shard(self, keys_path: Path) -> tuple[_Shard, np.ndarray]:
+        name = keys_path.name.removesuffix(".keys.npy")
+        vectors_path = keys_path.with_name(f"{name}.vectors.npy")
+        hint = f"delete {keys_path.name} and {vectors_path.name} (their texts will be encoded again)"
+        if not keys_path.exists():
+            raise _Vanished(str(keys_path))
+        if not vectors_path.exists():
+            if not keys_path.exists():
+                raise _Vanished(str(keys_path))
+            raise PluralignError(
+                f"embedding cache shard {keys_path} has no vectors file {vectors_path}; {hint}"
+            )
+        keys = _read_npy(keys_path, KEY_DTYPE, 1, hint, mmap=False)
+        vectors = _read_npy(vectors_path, VEC_DTYPE, 2, hint, mmap=True)
+        if vectors.shape != (len(keys), self._dim):
+            raise PluralignError(
+                f"embedding cache shard {vectors_path} has shape {vectors.shape}, expected "
+                f"({len(keys)}, {self._dim}); {hint}"
+            )
+        # Written sorted and distinct: anything else means the keys were damaged.
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
+            raise PluralignError(f"embedding cache shard {keys_path} has unsorted or repeated keys; {hint}")
+        return _Shard(name, keys_path, vectors_path, vectors), keys
+
+    def _set_index(self, key_parts: list[np.ndarray]) -> None:
+        """Index all keys: sorted bytes for exact matching, their first 8 bytes as uint64 to search fast."""
+        if key_parts:
+            keys = np.concatenate(key_parts)
+            shard = np.repeat(np.arange(len(key_parts), dtype=np.int32), [len(k) for k in key_parts])
+            row = np.concatenate([np.arange(len(k), dtype=np.int64) for k in key_parts])
+        else:
+            keys = np.zeros(0, dtype=KEY_DTYPE)
+            shard = np.zeros(0, dtype=np.int32)
+            row = np.zeros(0, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        keys, shard, row = keys[order], shard[order], row[order]
+        if len(keys) > 1:
+            # The same text stored by two writers (or an interrupted compaction): keep the first copy.
+            first = np.ones(len(keys), dtype=bool)
+            first[1:] = keys[1:] != keys[:-1]
+            if not first.all():
+                keys, shard, row = keys[first], shard[first], row[first]
+        self._keys = keys
+        self._prefix = _prefix(keys)
+        self._loc_shard = shard
+        self._loc_row = row
+
+    def _clean_leftovers(self) -> None:
+        """Remove temp files and orphan vectors files that a crashed writer left behind."""
+        now = time.time()
+        for path in self.directory.iterdir():
+            name = path.name
+            if name.startswith(".tmp") or name.endswith(".tmp"):
+                stale = _temp_is_stale(path, now)
+            elif name.startswith("shard-") and name.endswith(".vectors.npy"):
+                keys_path = path.with_name(name.removesuffix(".vectors.npy") + ".keys.npy")
+                stale = not keys_path.exists() and _age(path, now) > STALE_SECONDS
+            else:
+                continue
+            if stale:
+                logger.info("removing leftover %s from an interrupted write", path)
+                path.unlink(missing_ok=True)
+
+    # --- lookup ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and bool(self.get_many([text])[1][0])
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._shards)
+
+    def _find(self, keys: np.ndarray) -> np.ndarray:
+        """Index into the sorted key table of each key, -1 where absent."""
+        n = len(self._keys)
+        if n == 0 or len(keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        prefix = _prefix(keys)
+        pos = np.searchsorted(self._prefix, prefix, side="left")
+        inside = pos < n
+        pos_c = np.minimum(pos, n - 1)
+        found = inside & (self._keys[pos_c] == keys)
+        # Distinct keys sharing their first 8 bytes (about one pair in 2**64): walk that run of the table.
+        for i in np.flatnonzero(inside & ~found & (self._prefix[pos_c] == prefix)):
+            j = int(pos[i])
+            while j < n and self._prefix[j] == prefix[i]:
+                if self._keys[j] == keys[i]:
+                    pos[i], found[i] = j, True
+                    break
+                j += 1
+        return np.where(found, pos, -1)
+
+    def get_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 vectors [hits, dim] of the cached texts in input order, boolean hit mask [len(texts)])."""
+        return self._get_keys(text_keys(self.encoder_id, texts))
+
+    def _get_keys(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = self._find(keys)
+        hit = found >= 0
+        out = np.empty((int(hit.sum()), self._dim or 0), dtype=np.float32)
+        if not len(out):
+            return out, hit
+        where = found[hit]
+        shard, row = self._loc_shard[where], self._loc_row[where]
+        for s in np.unique(shard):
+            mine = np.flatnonzero(shard == s)
+            # Reading the memory map in row order keeps disk access sequential.
+            order = np.argsort(row[mine], kind="stable")
+            out[mine[order]] = self._shards[s].vectors[row[mine[order]]]
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            s = self._shards[shard[int(np.flatnonzero(bad)[0])]]
+            raise PluralignError(
+                f"embedding cache shard {s.vectors_path} holds non-finite vectors (damaged file); delete "
+                f"{s.vectors_path.name} and {s.keys_path.name} (their texts will be encoded again)"
+            )
+        return out, hit
+
+    # --- writing ---------------------------------------------------------------------------------------
+    def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> int:
+        """Store the vectors of texts not cached yet (one new shard); returns how many were new."""
+        texts = list(texts)
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise PluralignError(
+                f"put_many: expected vectors of shape ({len(texts)}, dim), got {vectors.shape}"
+            )
+        if self._dim is None:
+            self._dim = int(vectors.shape[1])
+            self._write_meta()
+        if vectors.shape[1] != self._dim:
+            raise PluralignError(
+                f"embedding cache {self.directory} holds {self._dim}-dim vectors, got {vectors.shape[1]}-dim "
+                f"ones from encoder {self.encoder_id!r}"
+            )
+        vectors = np.ascontiguousarray(vectors, dtype=VEC_DTYPE)
+        if not np.isfinite(vectors).all():
+            raise PluralignError(f"encoder {self.encoder_id!r} returned non-finite vectors; not caching them")
+        keys = text_keys(self.encoder_id, texts)
+        keys, first = np.unique(keys, return_index=True)
+        new = self._find(keys) < 0
+        keys, rows = keys[new], first[new]
+        if not len(keys):
+            return 0
+        name = self._write_shard(keys, vectors[rows])
+        if name not in {s.name for s in self._shards}:
+            vectors_path = self.directory / f"{name}.vectors.npy"
+            mapped = _read_npy(vectors_path, VEC_DTYPE, 2, "", mmap=True)
+            self._shards.append(_Shard(name, self.directory / f"{name}.keys.npy", vectors_path, mapped))
+            self._merge_index(keys, len(self._shards) - 1)
+        if len(self._shards) > self.max_shards:
+            by_size = sorted(self._shards, key=lambda s: s.n)
+            self._merge(by_size[: len(by_size) // 2 + 1])
+        return len(keys)
+
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> str:
+        """Write sorted distinct keys and their vectors as a shard, vectors first; returns its name."""
+        name = f"shard-{_checksum(keys, vectors)}"
+        keys_path = self.directory / f"{name}.keys.npy"
+        vectors_path = self.directory / f"{name}.vectors.npy"
+        _atomic_write(vectors_path, lambda f: np.lib.format.write_array(f, vectors, allow_pickle=False))
+        # The vectors' rename must be durable before the keys' rename can commit the shard.
+        _fsync_dir(self.directory)
+        _atomic_write(keys_path, lambda f: np.lib.format.write_array(f, keys, allow_pickle=False))
+        _fsync_dir(self.directory)
+        return name
+
+    def _merge_index(self, keys: np.ndarray, shard: int) -> None:
+        """Insert a new shard's keys (sorted, none present yet) into the sorted index without re-sorting."""
+        at = np.searchsorted(self._keys, keys)
+        self._keys = np.insert(self._keys, at, keys)
+        self._prefix = np.insert(self._prefix, at, _prefix(keys))
+        self._loc_shard = np.insert(self._loc_shard, at, np.int32(shard))
+        self._loc_row = np.insert(self._loc_row, at, np.arange(len(keys), dtype=np.int64))
+
+    def compact(self) -> None:
+        """Merge all shards into one (crash-safe: the merged shard is written before the old ones go)."""
+        self._merge(list(self._shards))
+
+    def _merge(self, shards: list[_Shard]) -> None:
+        if len(shards) < 2:
+            return
+        chosen = {id(s) for s in shards}
+        members = np.array([id(s) in chosen for s in self._shards])
+        # Rows of the index (already deduplicated and sorted) that live in the chosen shards.
+        rows = np.flatnonzero(members[self._loc_shard])
+        keys = self._keys[rows]
+        vectors = np.empty((len(rows), self._dim or 0), dtype=VEC_DTYPE)
+        shard_of, row_of = self._loc_shard[rows], self._loc_row[rows]
+        for s in np.unique(shard_of):
+            mine = np.flatnonzero(shard_of == s)
+            vectors[mine] = self._shards[s].vectors[row_of[mine]]
+        merged = self._write_shard(keys, vectors)
+        for s in shards:
+            if s.name == merged:
+                continue
+            # Keys first: once they are gone the shard no longer exists; a crash leaves an orphan vectors
+            # file, removed later.
+            try:
+                s.keys_path.unlink(missing_ok=True)
+                s.vectors_path.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. still mapped on Windows: a duplicate shard is harmless
+                logger.warning("could not remove merged shard %s: %s", s.keys_path, exc)
+        _fsync_dir(self.directory)
+        self.refresh()
+        logger.info("merged %d shards of %s into one (%d texts)", len(shards), self.directory, len(keys))
+
+    def verify(self) -> None:
+        """Re-read every shard and check it against the checksum in its name (``PluralignError`` if not)."""
+        for s in self._shards:
+            keys = _read_npy(s.keys_path, KEY_DTYPE, 1, "", mmap=False)
+            if s.name != f"shard-{_checksum(keys, np.asarray(s.vectors))}":
+                raise PluralignError(
+                    f"embedding cache shard {s.vectors_path} does not match its checksum (damaged file); "
+                    f"delete {s.vectors_path.name} and {s.keys_path.name} (their texts will be encoded again)"
+                )
+
+
+def embed_texts(
+    texts: Sequence[str],
+    encoder: Encoder,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 64,
+    show_progress: bool = False,
+    *,
+    flush_every: int = 4096,
+) -> np.ndarray:
+    """Vectors (float32 [len(texts), dim], input order) of texts, encoding each distinct text at most once.
+
+    Cached texts are read from ``cache``; the rest are encoded longest first (less padding) in chunks of
+    ``flush_every`` texts, and each chunk is stored as soon as it is done, so an interrupted run keeps its
+    work. Encoders with ``cacheable = False`` bypass the cache.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    texts = texts if isinstance(texts, list) else list(texts)
+    codes, uniques = pd.factorize(np.asarray(texts, dtype=object), use_na_sentinel=False)
+    uniques = list(uniques)
+    for text in uniques:
+        if not isinstance(text, str):
+            raise PluralignError(f"can only embed strings, got {type(text).__name__} {text!r}")
+    if cache is not None and not getattr(encoder, "cacheable", True):
+        cache = None
+    if cache is not None and cache.encoder_id != encoder.id:
+        raise PluralignError(
+            f"the embedding cache {cache.directory} belongs to encoder {cache.encoder_id!r}, not "
+            f"{encoder.id!r}"
+        )
+
+    if cache is not None:
+        keys = text_keys(cache.encoder_id, uniques)
+        cached, hit = cache._get_keys(keys)
+    else:
+        keys = None
+        cached, hit = None, np.zeros(len(uniques), dtype=bool)
+    missing = np.flatnonzero(~hit)
+    if cached is not None and len(cached):
+        dim = cached.shape[1]
+    elif cache is not None and cache.dim is not None:
+        dim = cache.dim
+    else:
+        dim = encoder.dim
+    out = np.empty((len(uniques), dim), dtype=np.float32)
+    if cached is not None and len(cached):
+        out[hit] = cached
+
+    if len(missing):
+        # Longest first: batches of similar length waste less padding, and memory peaks show up early.
+        lengths = np.fromiter((len(uniques[i]) for i in missing), dtype=np.int64, count=len(missing))
+        missing = missing[np.argsort(-lengths, kind="stable")]
+        step = max(int(flush_every), 1)
+        with tqdm(total=len(missing), desc="embedding", unit="text", disable=not show_progress) as bar:
+            for start in range(0, len(missing), step):
+                part = missing[start : start + step]
+                vectors = encoder.encode([uniques[i] for i in part], batch_size=batch_size)
+                vectors = np.asarray(vectors, dtype=np.float32)
+                if vectors.shape != (len(part), dim):
+                    source = "its cache" if cache is not None and cache.dim is not None else "encoder.dim"
+                    raise PluralignError(
+                        f"encoder {encoder.id!r} returned shape {vectors.shape} for {len(part)} texts, "
+                        f"expected ({len(part)}, {dim}) (dimension from {source})"
+                    )
+                out[part] = vectors
+                if cache is not None:
+                    cache.put_many([uniques[i] for i in part], vectors)
+                bar.update(len(part))
+    if cache is not None:
+        logger.info("embedded %d new texts, %d from cache", len(missing), int(hit.sum()))
+    elif len(missing):
+        logger.info("embedded %d texts (no cache)", len(missing))
+    return out[codes]
+
+
+# --- files -----------------------------------------------------------------------------------------------
+def _checksum(keys: np.ndarray, vectors: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(keys).tobytes())
+    digest.update(np.ascontiguousarray(vectors).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _prefix(keys: np.ndarray) -> np.ndarray:
+    """First 8 bytes of each key as big-endian uint64: same order as the bytes, but compared natively."""
+    raw = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), 32)[:, :8]
+    return np.ascontiguousarray(raw).view(">u8").reshape(len(keys)).astype(np.uint64)
+
+
+def _read_npy(path: Path, dtype: np.dtype, ndim: int, hint: str, *, mmap: bool) -> np.ndarray:
+    """An array from a .npy file after checking its header, dtype, rank and exact size (never unpickles)."""
+    hint = f"; {hint}" if hint else f"; delete {path.name}"
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, file_dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, file_dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            if file_dtype != dtype or len(shape) != ndim or fortran:
+                raise ValueError(
+                    f"dtype {file_dtype}, shape {shape}; expected {dtype} with {ndim} dimension(s)"
+                )
+            expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if size != expected:
+                raise ValueError(f"{size} bytes, expected {expected} (truncated or damaged)")
+            if mmap:
+                if not np.prod(shape):
+                    return np.zeros(shape, dtype=dtype)
+                # Mapping the open file (not the path) cannot race with a concurrent deletion.
+                return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
+            return np.fromfile(f, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+    except (OSError, ValueError) as exc:
+        raise PluralignError(f"embedding cache file {path} is damaged: {exc}{hint}") from exc
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same directory, fsync it, then rename: all or nothing."""
+    tmp = path.with_name(f".tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames durable (POSIX); directories cannot be opened this way on Windows."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _temp_is_stale(path: Path, now: float) -> bool:
+    """A temp file of a dead process on this host, or one old enough to be from any crash."""
+    parts = path.name.split("-")
+    if len(parts) >= 4 and parts[0] == ".tmp" and parts[1] == _HOST and parts[2].isdigit():
+        pid = int(parts[2])
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except OSError:
+                pass
+    return _age(path, now) > STALE_SECONDS
