@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pluralign.errors import CheckpointError
@@ -89,7 +89,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, to
         raise CheckpointError(f"{directory / TENSORS}: checksum mismatch: the file is corrupt or was changed")
     try:
         tensors = load_file(str(directory / TENSORS))
-    except (SafetensorsError, OSError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{directory / TENSORS}: cannot read tensors ({exc})") from None
     try:
         users = json.loads((directory / USERS).read_text())
