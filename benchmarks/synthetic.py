@@ -27,7 +27,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pluralign.data.splits import take_per_user
 from pluralign.datasets.synthetic import make_synthetic
 from pluralign.demo import SYNTHETIC_PARAMS
 from pluralign.estimator import BTL, PALA
@@ -66,10 +65,10 @@ def run(seeds: list[int], ks: list[int], out: Path, console: Console) -> dict:
                 n_train=100,
                 n_test=50,
                 n_unseen_users=100,
-                n_unseen_per_user=150,
+                n_unseen_per_user=100,
                 seed=seed,
             )
-            pool, unseen_test = take_per_user(data.unseen, 100, seed=seed)
+            pool, unseen_test = data.unseen, data.unseen_test
             row = {"setting": setting, "seed": seed, "btl": None, "pal_a": {}, "few_shot": None}
             btl = BTL(seed=seed, **SYNTHETIC_PARAMS).fit(data.train)
             row["btl"] = btl.score(data.test)

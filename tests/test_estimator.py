@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pluralign.checkpoint import CONFIG, TENSORS
-from pluralign.data.splits import take_per_user
 from pluralign.datasets.synthetic import make_synthetic
 from pluralign.demo import SYNTHETIC_PARAMS
+from pluralign.encoders import PrecomputedEncoder
 from pluralign.errors import CheckpointError, DataError, PluralignError
 from pluralign.estimator import BTL, PALA, PALB, PALEstimator
 
@@ -28,7 +28,7 @@ def pal_a_data():
         n_train=100,
         n_test=50,
         n_unseen_users=30,
-        n_unseen_per_user=150,
+        n_unseen_per_user=100,
         seed=0,
     )
 
@@ -91,12 +91,12 @@ def test_corrupt_or_wrong_checkpoint_is_refused(tmp_path, fitted):
 
 def test_few_shot_adaptation_beats_zero_shot(pal_a_data, fitted):
     est = fitted["k3"].copy()
-    pool, held_out = take_per_user(pal_a_data.unseen, 100, seed=0)
+    pool, held_out = pal_a_data.unseen, pal_a_data.unseen_test
     zero_shot = est.score(held_out)
     weights = est.adapt(pool)
     assert len(weights) == pal_a_data.unseen.n_users
     assert (weights["n_comparisons"] == 100).all()
-    np.testing.assert_allclose(weights.filter(like="w").sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(weights.filter(like="w").sum(axis=1), 1.0, atol=1e-6)
     assert est.score(held_out) > zero_shot + 0.05
     # the copy was adapted, the original was not touched
     assert len(fitted["k3"].users_) == pal_a_data.train.n_users
@@ -127,15 +127,17 @@ def test_pal_b_few_shot_is_exact_and_fast():
         lr_users=5e-2,
         patience=None,
     ).fit(data.train)
-    pool, held_out = take_per_user(data.unseen, 60, seed=0)
+    pool, held_out = data.unseen, data.unseen_test
     before = est.score(held_out)
     est.adapt(pool, ridge=0.0)
     assert est.score(held_out) > before
 
 
 def test_reward_for_known_and_unknown_users(pal_a_data, fitted):
-    est = fitted["k3"]
     items = list(pal_a_data.train.items[:4])
+    # synthetic items are vectors named item-<i>: serve them through a precomputed encoder
+    encoder = PrecomputedEncoder(list(pal_a_data.train.items), pal_a_data.train.item_vectors)
+    est = fitted["k3"].copy().set_params(encoder=encoder)
     user = str(pal_a_data.train.user_ids[0])
     rewards = est.reward(user, "", items)
     assert rewards.shape == (4,)

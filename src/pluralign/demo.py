@@ -13,7 +13,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pluralign.data.splits import take_per_user
 from pluralign.datasets.synthetic import make_synthetic
 from pluralign.estimator import BTL, PALA
 from pluralign.evaluation import few_shot_curve
@@ -45,10 +44,10 @@ def run_demo(out: Path, *, seed: int = 0, console: Console | None = None) -> dic
         n_train=100,
         n_test=50,
         n_unseen_users=50,
-        n_unseen_per_user=150,
+        n_unseen_per_user=100,
         seed=seed,
     )
-    pool, unseen_test = take_per_user(data.unseen, 100, seed=seed)
+    pool, unseen_test = data.unseen, data.unseen_test
     console.print(
         f"synthetic PAL-A mixture data: {data.train.n_users} users, {len(data.train)} training and "
         f"{len(data.test)} held-out comparisons, true K* = 3; {data.unseen.n_users} unseen users"

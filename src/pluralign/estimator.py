@@ -110,6 +110,8 @@ class PALEstimator:
             if name not in self._param_names():
                 raise ValueError(f"{type(self).__name__} has no parameter '{name}'")
             setattr(self, name, value)
+        if {"encoder", "cache_dir"} & params.keys():
+            self.encoder_ = self.cache_ = None  # rebuilt on next use
         return self
 
     def __repr__(self) -> str:
