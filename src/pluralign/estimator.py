@@ -138,7 +138,13 @@ class PALEstimator:
             data = read_preferences(data)
         if data.is_embedded:
             return data
-        return embed_data(data, self._get_encoder(), cache=self._get_cache(), show_progress=self.progress)
+        encoder, cache = self._get_encoder(), self._get_cache()
+        fitted_without_context = getattr(self, "context_dim_", None) == 0
+        if fitted_without_context or (not hasattr(self, "context_dim_") and (data.contexts == "").all()):
+            # No prompts at all (or a model trained without them): contexts carry no features.
+            items = embed_texts(list(data.items), encoder, cache=cache, show_progress=self.progress)
+            return data.with_vectors(items, np.zeros((len(data.contexts), 0), dtype=np.float32))
+        return embed_data(data, encoder, cache=cache, show_progress=self.progress)
 
     def _check_dims(self, item_dim: int, context_dim: int, source: str | None = None) -> None:
         if hasattr(self, "item_dim_") and (item_dim, context_dim) != (self.item_dim_, self.context_dim_):

@@ -27,14 +27,17 @@ rows. All sampling is vectorized (no Python loop over users or comparisons).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.special import expit, softmax
 
 from pluralign.data.comparisons import PreferenceData
 
-__all__ = ["SyntheticDataset", "make_synthetic"]
+__all__ = ["SyntheticDataset", "make_synthetic", "write_synthetic"]
 
 MODELS = ("pal_a", "pal_b")
 SETTINGS = ("mixture", "partition")
@@ -407,3 +410,47 @@ def _labels(margin: np.ndarray, noise: float | None, rng: np.random.Generator) -
     if noise is None:
         return margin > 0
     return rng.random(len(margin)) < expit(margin / noise)
+
+
+def write_synthetic(dataset: SyntheticDataset, out_dir: str | Path) -> dict[Path, int]:
+    """Write the splits as JSONL preference files plus ``vectors.npz`` (item and context vectors keyed by
+    their names, for ``--encoder vectors.npz``) and ``truth.json``; returns each file with its row count.
+
+    PAL-A data has no prompts (every prompt is empty), so models trained on it use no context features.
+    """
+    from pluralign.data.readers import write_preferences
+    from pluralign.encoders.precomputed import save_vectors
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[Path, int] = {}
+    splits = {
+        "train": dataset.train,
+        "val": dataset.val,
+        "test": dataset.test,
+        "unseen_adapt": dataset.unseen,
+        "unseen_test": dataset.unseen_test,
+    }
+    for name, part in splits.items():
+        if part is not None and len(part):
+            files[write_preferences(part, out / f"{name}.jsonl")] = len(part)
+    keys = list(dataset.train.items)
+    vectors = [dataset.train.item_vectors]
+    if dataset.train.context_dim:
+        keys += list(dataset.train.contexts)
+        vectors.append(dataset.train.context_vectors)
+    files[save_vectors(out / "vectors.npz", np.asarray(keys, dtype=str), np.concatenate(vectors))] = len(keys)
+    truth = {
+        "model": dataset.model,
+        "setting": dataset.setting,
+        "noise": dataset.noise,
+        "n_prototypes": dataset.n_prototypes,
+        "bayes_accuracy": dataset.bayes_accuracy,
+        "user_ids": list(map(str, dataset.train.user_ids)),
+        "true_weights": dataset.true_weights.tolist(),
+    }
+    tmp = out / ".truth.json.tmp"
+    tmp.write_text(json.dumps(truth))
+    os.replace(tmp, out / "truth.json")
+    files[out / "truth.json"] = len(truth["user_ids"])
+    return files
