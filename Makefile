@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast lint format bench bench-synthetic clean
+.PHONY: venv demo test test-fast lint format bench bench-synthetic bench-few-shot clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,10 +35,13 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: bench-synthetic
+bench: bench-synthetic bench-few-shot
 
 bench-synthetic: venv  ## PAL paper Sec. 4.2: accuracy vs K and the few-shot curve (JSON + PNG in runs/bench)
 	$(BIN)/pluralign bench synthetic --out runs/bench/synthetic
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+bench-few-shot: venv  ## exact few-shot solver vs Adam and per-user SLSQP (JSON in runs/bench/few_shot)
+	$(BIN)/pluralign bench few-shot --out runs/bench/few_shot

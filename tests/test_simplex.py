@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -342,14 +340,11 @@ def test_bad_inputs_raise_clear_errors(kwargs: dict, message: str) -> None:
 
 
 @pytest.mark.slow
-def test_logistic_fit_of_ten_thousand_users_is_fast() -> None:
+def test_logistic_fit_of_ten_thousand_users_converges() -> None:
+    """Batched at scale, every group gets its certificate (speed lives in benchmarks/few_shot.py)."""
     gen = torch.Generator().manual_seed(0)
     n_groups, n_rows, k = 10_000, 50, 4
     a = torch.randn(n_groups * n_rows, k, generator=gen, dtype=torch.float64)
     group = torch.arange(n_groups).repeat_interleave(n_rows)
-    fit_simplex_weights(a[:500], group[:500], 10)  # warm-up
-    start = time.perf_counter()
     fit = fit_simplex_weights(a, group, n_groups, ridge=0.02)
-    elapsed = time.perf_counter() - start
     assert fit.converged.all() and (fit.gap <= 1e-9).all()
-    assert elapsed < 3.0, f"{elapsed:.2f}s"

@@ -371,19 +371,32 @@ def demo(
     run_demo(out, seed=seed, console=console)
 
 
-def _run_benchmark(name: str, args: list[str]) -> None:
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    if not script.is_file():
-        raise PluralignError(f"benchmark script {script} not found: benchmarks ship with the source checkout")
-    sys.argv = [str(script), *args]
-    runpy.run_path(str(script), run_name="__main__")
+BENCHMARKS = {
+    "synthetic": "PAL Sec. 4.2: seen-user accuracy for K = 1..5 (K* = 3) and the few-shot curve.",
+    "few-shot": "Exact batched few-shot solver vs batched Adam and per-user SLSQP.",
+}
 
 
-@bench_app.command("synthetic", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@command
-def bench_synthetic(ctx: typer.Context) -> None:
-    """PAL Sec. 4.2: seen-user accuracy for K = 1..5 (K* = 3) and the few-shot curve."""
-    _run_benchmark("synthetic", list(ctx.args))
+def _register_benchmark(name: str, summary: str) -> None:
+    """`pluralign bench NAME [ARGS]` runs benchmarks/NAME.py with ARGS (its own --help lists them)."""
+    settings = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+    @bench_app.command(
+        name, help=f"{summary} Options go to the script: see `... {name} --help`.", context_settings=settings
+    )
+    @command
+    def run(ctx: typer.Context) -> None:
+        script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name.replace('-', '_')}.py"
+        if not script.is_file():
+            raise PluralignError(
+                f"benchmark script {script} not found: benchmarks ship with the source checkout"
+            )
+        sys.argv = [str(script), *ctx.args]
+        runpy.run_path(str(script), run_name="__main__")
+
+
+for _name, _summary in BENCHMARKS.items():
+    _register_benchmark(_name, _summary)
 
 
 def main() -> None:  # pragma: no cover - console entry
