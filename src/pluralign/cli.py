@@ -371,6 +371,23 @@ def demo(
     run_demo(out, seed=seed, console=console)
 
 
+@app.command()
+@command
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory (results.json, metrics.jsonl, model/).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file to write (default: RUN/report.html).")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """One self-contained HTML page (plots inline) summarizing a run: metrics, curves, user weights."""
+    _setup(verbose)
+    from pluralign.report.html import write_report
+
+    path = write_report(run, out)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
 BENCHMARKS = {
     "synthetic": "PAL Sec. 4.2: seen-user accuracy for K = 1..5 (K* = 3) and the few-shot curve.",
     "few-shot": "Exact batched few-shot solver vs batched Adam and per-user SLSQP.",

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
@@ -35,6 +36,7 @@ def accuracy_vs_k_axes(
         ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=label)
     if true_k is not None:
         ax.axvline(true_k, color="grey", linestyle="--", linewidth=1, label=f"K* = {true_k}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of prototypes K")
     ax.set_ylabel("seen-user test accuracy")
     ax.set_title(title)
@@ -53,10 +55,32 @@ def few_shot_axes(
     title: str = "",
 ) -> None:
     """Accuracy of unseen users against the number of their comparisons used to fit their weights."""
-    ax.errorbar(shots, mean, yerr=std, marker="o", capsize=3, label="unseen users (few-shot)")
+    few_shot_curves_axes(
+        ax,
+        {"unseen users (few-shot)": (shots, mean, std)},
+        reference=reference,
+        reference_label=reference_label,
+        title=title,
+    )
+
+
+def few_shot_curves_axes(
+    ax: plt.Axes,
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float], Sequence[float]]],
+    *,
+    reference: float | None = None,
+    reference_label: str = "seen users",
+    title: str = "",
+) -> None:
+    """One few-shot curve per label: (shots, mean accuracy, std) with error bars; a dashed reference line."""
+    for label, (shots, mean, std) in curves.items():
+        ax.errorbar(shots, mean, yerr=std, marker="o", capsize=3, label=label)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
     ax.set_xscale("symlog", linthresh=5)
+    ticks = sorted({float(x) for shots, _, _ in curves.values() for x in shots if x == x})
+    ax.set_xticks(ticks, labels=[f"{x:g}" for x in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("comparisons of the new user (0 = zero-shot)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
