@@ -85,6 +85,7 @@ def run(seeds: list[int], ks: list[int], out: Path, console: Console) -> dict:
             results["runs"].append(row)
     results["seconds"] = time.perf_counter() - start
     results["summary"] = summarize(results, ks)
+    results.update(report_sections(results["summary"], ks))
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
@@ -115,6 +116,48 @@ def summarize(results: dict, ks: list[int]) -> dict:
             "shots_to_reach_seen_minus_1pt": reach[0] if reach else None,
         }
     return summary
+
+
+def report_sections(summary: dict, ks: list[int]) -> dict:
+    """The keys `pluralign report` reads (schema in pluralign.report.html)."""
+    table = []
+    for setting, s in summary.items():
+        table.append({"setting": setting, "model": "BTL", "accuracy": s["btl"][0], "std": s["btl"][1]})
+        table += [
+            {
+                "setting": setting,
+                "model": f"PAL-A K={k}",
+                "accuracy": s["pal_a"][k][0],
+                "std": s["pal_a"][k][1],
+            }
+            for k in ks
+        ]
+    mixture = summary["mixture"]
+    return {
+        "table": table,
+        "accuracy_vs_k": {
+            "series": {
+                f"PAL-A {setting}": {
+                    "k": ks,
+                    "mean": [s["pal_a"][k][0] for k in ks],
+                    "std": [s["pal_a"][k][1] for k in ks],
+                }
+                for setting, s in summary.items()
+            },
+            "true_k": 3,
+        },
+        "few_shot": {
+            "series": {
+                "PAL-A K=3, mixture": {
+                    "shots": SHOTS,
+                    "mean": mixture["few_shot_mean"],
+                    "std": mixture["few_shot_std"],
+                }
+            },
+            "reference": mixture["pal_a"][3][0],
+            "reference_label": "seen users, K = 3",
+        },
+    }
 
 
 def plot(results: dict, ks: list[int], path: Path) -> None:

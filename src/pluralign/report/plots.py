@@ -77,8 +77,12 @@ def few_shot_curves_axes(
         ax.errorbar(shots, mean, yerr=std, marker="o", capsize=3, label=label)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
-    ax.set_xscale("symlog", linthresh=5)
-    ticks = sorted({float(x) for shots, _, _ in curves.values() for x in shots if x == x})
+    ax.set_xscale("symlog", linthresh=10)
+    shown = sorted({float(x) for shots, _, _ in curves.values() for x in shots if x == x})
+    # 1-2-5 ticks up to the largest value keep labels apart on the log part of the axis
+    ticks = [
+        t for t in (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000) if t <= max(shown, default=0)
+    ]
     ax.set_xticks(ticks, labels=[f"{x:g}" for x in ticks])
     ax.minorticks_off()
     ax.set_xlabel("comparisons of the new user (0 = zero-shot)")
