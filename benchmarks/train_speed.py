@@ -24,9 +24,9 @@ ceil(n / batch) for both.
   (10,000 users per persona x 1,000 queries = 40M comparisons) at ``--scale-batch-size``.
 
 Each method runs in its own subprocess (this script with ``--only``), which prints one JSON line with its
-timings, peak RSS (``ru_maxrss``) and held-out accuracy, so the memory peaks do not mix. Everything runs
-on one thread. Results: a table and ``<out>/results.json``; ``--profile`` also writes a torch.profiler
-table of one epoch of ``fit`` to ``<out>/profile_ours.txt``.
+timings, peak RSS (``VmHWM``, see ``peak_rss_mib``) and held-out accuracy, so the memory peaks do not mix.
+Everything runs on one thread. Results: a table and ``<out>/results.json``; ``--profile`` also writes a
+torch.profiler table of one epoch of ``fit`` to ``<out>/profile_ours.txt``.
 """
 
 from __future__ import annotations
@@ -60,11 +60,7 @@ from pluralign.training.trainer import TrainConfig, fit, make_optimizer, predict
 
 THREADS = 1
 CACHE = "embedding_cache"
-METHODS = {
-    "naive": "naive (Dataset + DataLoader, f/g per row)",
-    "ours": "pluralign fit (unique rows)",
-    "scale": "pluralign fit, full Persona",
-}
+METHODS = {"naive": "naive", "ours": "ours (fit)", "scale": "ours, full Persona"}
 
 
 # ========================================================================================================
@@ -186,21 +182,34 @@ def build_model(args: argparse.Namespace, n_users: int, tables: Tables) -> PALBM
     )
 
 
+def _status_mib(field: str) -> float | None:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status in MiB (None where there is no procfs)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """Peak RSS of this process image. ``VmHWM`` belongs to the address space made at exec; ``ru_maxrss``
+    is the fallback, but on Linux it keeps the parent's peak across fork + exec (here: the encoder)."""
+    hwm = _status_mib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def current_rss_mib() -> float | None:
+    return _status_mib("VmRSS")
 
 
 def run_child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(THREADS)
     scale = args.only == "scale"
-    users, queries = (
-        (args.scale_users_per_persona, args.scale_queries) if scale else (args.users_per_persona, args.queries)
-    )
+    users = args.scale_users_per_persona if scale else args.users_per_persona
+    queries = args.scale_queries if scale else args.queries
     start = time.perf_counter()
     train, test, tables = load_data(args, users, queries)
     gc.collect()
@@ -211,9 +220,7 @@ def run_child(args: argparse.Namespace) -> dict:
     epochs = args.scale_epochs if scale else args.epochs
     if args.only == "profile":
         epochs = 1
-    config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, patience=None, progress=False, seed=args.seed
-    )
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=None, progress=False, seed=args.seed)
     rss_before = current_rss_mib()
     peak_before = peak_rss_mib()
     if args.only == "naive":
@@ -221,9 +228,7 @@ def run_child(args: argparse.Namespace) -> dict:
         margins = naive_predict(model, test, tables, args.batch_size)
         # The naive scorer must agree with the model's own (deduplicated) margins.
         check = test.take(slice(0, 4096))
-        agreement = float(
-            (margins[: len(check)] - predict_margins(model, check, tables)).abs().max()
-        )
+        agreement = float((margins[: len(check)] - predict_margins(model, check, tables)).abs().max())
         out["max_abs_diff_vs_model_margins"] = agreement
     elif args.only == "profile":
         from torch.profiler import ProfilerActivity, profile
@@ -263,6 +268,7 @@ def run_child(args: argparse.Namespace) -> dict:
         "rss_before_training_mib": rss_before,
         "peak_rss_before_training_mib": peak_before,
         "peak_rss_mib": peak_rss_mib(),
+        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
 
@@ -287,7 +293,8 @@ def encode_texts(args: argparse.Namespace) -> dict:
     first = embed_texts(texts, encoder, cache=cache)
     first_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    again = embed_texts(texts, encoder, cache=open_cache(cache_dir, encoder))  # a fresh open, as a new process
+    # A fresh open (reads the keys from disk), as a new process would.
+    again = embed_texts(texts, encoder, cache=open_cache(cache_dir, encoder))
     hit_seconds = time.perf_counter() - start
     if not np.array_equal(first, again):
         raise RuntimeError("cache-hit vectors differ from the encoded ones")
@@ -335,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-batch-size", type=int, default=65_536)
     parser.add_argument("--scale-epochs", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="also profile one epoch of fit")
-    parser.add_argument("--keep-cache", action="store_true", help="reuse the embedding cache (no cold encode)")
+    parser.add_argument(
+        "--keep-cache", action="store_true", help="reuse the embedding cache (no cold encode)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_speed"))
     parser.add_argument("--only", choices=[*METHODS, "profile"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -373,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     speedup = runs["ours"]["comparisons_per_second"] / naive_cps
     table = Table(
         title=(
-            f"Training throughput, PAL-B K={args.k} d={args.dim} {args.layers}-layer f/g, Persona K*={args.k_star}, "
-            f"{THREADS} thread (torch {torch.__version__})"
+            f"Training throughput, PAL-B K={args.k} d={args.dim} {args.layers}-layer f/g, "
+            f"Persona K*={args.k_star}, {THREADS} thread (torch {torch.__version__})"
         )
     )
     columns = (
@@ -386,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "comparisons/s",
         "x naive",
         "peak RSS MiB",
+        "train +MiB",
         "held-out acc",
     )
     for col in columns:
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['comparisons_per_second']:,.0f}",
             f"{row['speedup_vs_naive']:.1f}",
             f"{r['peak_rss_mib']:.0f}",
+            f"{r['peak_rss_mib'] - r['rss_before_training_mib']:.0f}",
             f"{r['heldout_accuracy']:.4f}",
         )
     console.print(table)

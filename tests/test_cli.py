@@ -61,23 +61,29 @@ def test_train_eval_adapt_score(synth_dir, tmp_path):
         "--k",
         2,
         "--epochs",
-        20,
+        60,
         "--f-layers",
         1,
+        "--lr-maps",
+        5e-3,
+        "--lr-prototypes",
+        5e-2,
+        "--lr-users",
+        5e-2,
         "--encoder",
         synth_dir / "vectors.npz",
         "--json",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)[0]
-    assert summary["users"] == 20 and summary["epochs"] == 20
+    assert summary["users"] == 20 and summary["epochs"] == 60
     assert (run / "model" / "config.json").is_file()
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 20
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 60
 
     result = invoke("eval", run, synth_dir / "test.jsonl", "--json")
     assert result.exit_code == 0, result.output
     evaluation = json.loads(result.stdout)[0]
-    assert evaluation["known_users_share"] == 1.0 and 0.5 < evaluation["accuracy"] <= 1.0
+    assert evaluation["known_users"] == 1.0 and 0.5 < evaluation["accuracy"] <= 1.0
 
     result = invoke(
         "adapt",
@@ -92,7 +98,8 @@ def test_train_eval_adapt_score(synth_dir, tmp_path):
     assert result.exit_code == 0, result.output
     adapted = json.loads(result.stdout)[0]
     assert adapted["users_fitted"] == 8
-    assert {"zero_shot_accuracy", "few_shot_accuracy"} <= set(adapted)
+    # adaptation quality is tested in test_estimator.py; here the command reports both accuracies
+    assert 0.5 < adapted["zero_shot_acc"] <= 1 and 0.5 < adapted["few_shot_acc"] <= 1
 
     train_row = json.loads((synth_dir / "train.jsonl").read_text().splitlines()[0])
     result = invoke(

@@ -74,6 +74,14 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
 def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     table = Table(title=title)
     if not rows:
@@ -82,7 +90,7 @@ def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     for key in rows[0]:
         table.add_column(str(key), justify="right" if isinstance(rows[0][key], int | float) else "left")
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(_cell(v) for v in row.values()))
     console.print(table)
 
 
@@ -257,13 +265,12 @@ def train(
         "K": est.n_prototypes,
         "users": len(est.users_),
         "epochs": len(history.epochs),
-        "train_accuracy": last["train_accuracy"],
-        "val_accuracy": history.best_val_accuracy,
+        "train_acc": last["train_accuracy"],
+        "val_acc": history.best_val_accuracy,
         "seconds": round(history.seconds, 2),
-        "comparisons_per_s": round(history.comparisons_per_second),
-        "saved": str(out / "model"),
+        "comparisons/s": round(history.comparisons_per_second),
     }
-    emit([row], as_json, title="training")
+    emit([row], as_json, title=f"training (saved to {out / 'model'})")
 
 
 def _load(run: Path, encoder: str | None = None):
@@ -298,7 +305,7 @@ def evaluate(
             {
                 "file": str(path),
                 "comparisons": len(prefs),
-                "known_users_share": float(known.mean()),
+                "known_users": float(known.mean()),
                 "accuracy": est.score(prefs),
             }
         )
@@ -323,15 +330,11 @@ def adapt(
     zero_shot = est.score(test) if test is not None else None
     weights = est.adapt(data, ridge=ridge)
     est.save(out if out.name == "model" else out / "model")
-    summary = {
-        "users_fitted": len(weights),
-        "median_comparisons": float(weights["n_comparisons"].median()),
-        "saved": str(out),
-    }
+    summary = {"users_fitted": len(weights), "median_comparisons": int(weights["n_comparisons"].median())}
     if test is not None:
-        summary["zero_shot_accuracy"] = zero_shot
-        summary["few_shot_accuracy"] = est.score(test)
-    emit([summary], as_json, title="adaptation")
+        summary["zero_shot_acc"] = zero_shot
+        summary["few_shot_acc"] = est.score(test)
+    emit([summary], as_json, title=f"adaptation (saved to {out})")
 
 
 @app.command()

@@ -450,7 +450,10 @@ def embed_texts(
         lengths = np.fromiter((len(uniques[i]) for i in missing), dtype=np.int64, count=len(missing))
         missing = missing[np.argsort(-lengths, kind="stable")]
         step = max(int(flush_every), 1)
-        with tqdm(total=len(missing), desc="embedding", unit="text", disable=not show_progress) as bar:
+        # delay: lookups that finish within a second (cache hits, precomputed vectors) show no bar
+        with tqdm(
+            total=len(missing), desc="embedding", unit="text", disable=not show_progress, delay=1.0
+        ) as bar:
             for start in range(0, len(missing), step):
                 part = missing[start : start + step]
                 vectors = encoder.encode([uniques[i] for i in part], batch_size=batch_size)
