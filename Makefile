@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast lint format bench bench-synthetic bench-few-shot clean
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv  ## train BTL and PAL on the paper's synthetic data, evaluate seen and new users, print a table
-	$(BIN)/pluralign demo --out runs/demo
+demo: venv  ## Persona (K* = 4): embed statements, train BTL and PAL-B-Tiny, seen + few-shot new users, tables
+	$(BIN)/pluralign demo persona --out runs/demo
 
 test: venv  ## the whole suite, slow tests included (pytest exit code 5, "no tests ran", is a failure)
 	$(BIN)/python -m pytest; rc=$$?; \
@@ -35,7 +35,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: bench-synthetic bench-few-shot
+bench: bench-synthetic bench-few-shot bench-train-speed
 
 bench-synthetic: venv  ## PAL paper Sec. 4.2: accuracy vs K and the few-shot curve (JSON + PNG in runs/bench)
 	$(BIN)/pluralign bench synthetic --out runs/bench/synthetic
@@ -45,3 +45,9 @@ clean:
 
 bench-few-shot: venv  ## exact few-shot solver vs Adam and per-user SLSQP (JSON in runs/bench/few_shot)
 	$(BIN)/pluralign bench few-shot --out runs/bench/few_shot
+
+bench-train-speed: venv  ## training comparisons/s and peak RSS, index-based fit vs a naive DataLoader (JSON in runs/bench/train_speed)
+	$(BIN)/pluralign bench train-speed --out runs/bench/train_speed
+
+demo-synthetic: venv  ## the paper's synthetic experiment (Sec. 4.2): BTL vs PAL-A K = 1..4, few-shot new users
+	$(BIN)/pluralign demo synthetic --out runs/demo

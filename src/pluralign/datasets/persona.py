@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from pluralign import __version__
 from pluralign.data.comparisons import PreferenceData
+from pluralign.encoders.base import Encoder
 from pluralign.errors import DataError
 
 __all__ = [
@@ -377,6 +378,28 @@ def build_persona(
         unseen_persona_of_user=unseen_persona,
         pool=pool,
         settings=settings,
+    )
+
+
+def embed_persona(
+    dataset: PersonaDataset,
+    encoder: Encoder | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    show_progress: bool = False,
+) -> PersonaDataset:
+    """The dataset with question and answer vectors on both splits (each text embedded once, ever, with
+    ``cache_dir``); the default encoder is all-MiniLM-L6-v2."""
+    from pluralign.encoders import default_encoder, embed_texts, open_cache
+
+    encoder = encoder or default_encoder()
+    cache = open_cache(cache_dir, encoder) if cache_dir is not None else None
+    contexts = embed_texts(list(dataset.seen.contexts), encoder, cache=cache, show_progress=show_progress)
+    items = embed_texts(list(dataset.seen.items), encoder, cache=cache)
+    return replace(
+        dataset,
+        seen=dataset.seen.with_vectors(items, contexts),
+        unseen=dataset.unseen.with_vectors(items, contexts),
     )
 
 
