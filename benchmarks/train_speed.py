@@ -61,7 +61,7 @@ from pluralign.training.trainer import TrainConfig, fit, make_optimizer, predict
 
 THREADS = 1
 CACHE = "embedding_cache"
-METHODS = {"naive": "naive", "ours": "ours", "scale": "ours, full"}
+METHODS = {"naive": "naive", "ours": "ours", "scale": "ours 40M"}
 
 
 # ========================================================================================================
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         caption=(
             f"rows = training comparisons; acc on held-out statements of the same users (majority "
             f"baseline {ours['heldout_majority_baseline']:.3f}); peak = VmHWM of the run's own process, "
-            "train = peak during training only"
+            "train = peak during training only; x naive of the full-scale row: other data and batch"
         ),
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     columns = ("method", "rows", "batch", "steps", "s", "cmp/s", "x naive", "peak MiB")
     for col in (*columns, "train MiB", "acc"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
     rows = []
     for method, r in runs.items():
         row = {"name": METHODS[method], **r, "speedup_vs_naive": r["comparisons_per_second"] / naive_cps}

@@ -401,6 +401,7 @@ BENCHMARKS = {
     "synthetic": "PAL Sec. 4.2: seen-user accuracy for K = 1..5 (K* = 3) and the few-shot curve.",
     "few-shot": "Exact batched few-shot solver vs batched Adam and per-user SLSQP.",
     "train-speed": "Training comparisons/s and peak RSS: index-based fit vs a naive DataLoader pipeline.",
+    "persona": "PAL App. D.4: `full` (40M comparisons) or `sweeps` (K* x K, n_p, d, few-shot).",
 }
 
 

@@ -1,0 +1,342 @@
+"""PAL paper App. D.4 (Persona): the full-scale run and the paper's sweeps, from the CLI.
+
+    pluralign bench persona full     # 40,000 users x 1,000 questions (40M comparisons), PAL-B and PAL-A
+    pluralign bench persona sweeps   # K* x K, n_p, d and the few-shot curve, at reduced N (stated)
+    python benchmarks/persona.py {full,sweeps} --help
+
+Users have one of K* personas (Table 7) and answer "would you say this statement?" with Yes exactly when
+the statement belongs to their persona. Statements are embedded once with all-MiniLM-L6-v2 (cached under
+--cache). Each seen user's questions are split 90/10 into training and held-out test; unseen users are
+onboarded by fitting only their K weights (exactly, for PAL-B) on n of their answers and scored on the
+rest. Writes results.json (readable by `pluralign report`), PNG plots and prints tables with the paper's
+reported trends beside ours. One torch thread; peak RSS from getrusage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from pluralign.data.splits import split_per_user, take_per_user
+from pluralign.datasets.persona import build_persona, embed_persona
+from pluralign.estimator import BTL, PALA, PALB, PALEstimator
+from pluralign.evaluation import few_shot_curve
+from pluralign.report.plots import accuracy_vs_k_axes, few_shot_curves_axes, plt, save_figure
+
+console = Console(width=110)
+
+PAPER = {
+    "full": "Fig. D.6: seen-user accuracy about 100% at K = K* (PAL-B-Tiny, N = 10,000, n_p = 1,000)",
+    "k": "Fig. D.5a/D.6a: accuracy grows with K up to K = K*, then stays flat",
+    "n_p": "Fig. D.5b/D.6b: more comparisons per user, higher seen-user accuracy",
+    "d": "Fig. D.6c: the latent dimension d does not change seen accuracy much",
+    "few_shot": "Fig. D.5c/D.6d: diminishing returns in n; K = 1 flat; larger K needs more answers",
+}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def prepare(
+    k_star: int, users: int, queries: int, unseen_users: int, unseen_queries: int, seed: int, cache: Path
+):
+    data = embed_persona(
+        build_persona(
+            k_star=k_star,
+            users_per_persona=users,
+            queries_per_user=queries,
+            unseen_users_per_persona=unseen_users,
+            unseen_queries_per_user=unseen_queries,
+            seed=seed,
+        ),
+        cache_dir=cache,
+    )
+    train, test = split_per_user(data.seen, (0.9, 0.1), seed=seed)
+    return data, train, test
+
+
+def estimator(
+    kind: str, k: int, d: int, n_train: int, *, steps: int, batch: int, seed: int, progress: bool = False
+) -> PALEstimator:
+    """A Tiny model (2-layer f and g, hidden 128) trained for about ``steps`` optimizer steps."""
+    params = {
+        "hidden": 128,
+        "batch_size": batch,
+        "epochs": max(1, math.ceil(steps * batch / n_train)),
+        "lr_maps": 3e-3,
+        "lr_prototypes": 3e-3,
+        "lr_users": 3e-2,
+        "patience": None,
+        "seed": seed,
+        "progress": progress,
+    }
+    if kind == "btl":
+        return BTL(**params)
+    if kind == "pal_a":
+        return PALA(n_prototypes=k, dim=d, loss="hinge", **params)
+    return PALB(n_prototypes=k, dim=d, loss="logistic", **params)
+
+
+def write_results(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "results.json")
+
+
+def print_rows(title: str, rows: list[dict], paper: str | None = None) -> None:
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key, justify="left" if isinstance(rows[0][key], str) else "right")
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    if paper:
+        table.caption = f"paper: {paper}"
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def run_full(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    data, train, test = prepare(
+        args.k_star,
+        args.users_per_persona,
+        args.queries,
+        args.unseen_users,
+        args.unseen_queries,
+        args.seed,
+        args.cache,
+    )
+    prep_s = time.perf_counter() - start
+    console.print(
+        f"built + embedded {len(data.seen):,} seen comparisons ({data.seen.n_users:,} users) in "
+        f"{prep_s:.0f} s; training on {len(train):,}, testing on {len(test):,}; "
+        f"peak RSS so far {peak_rss_gib():.2f} GiB"
+    )
+    rows, curves = [], {}
+    pool, held_out = take_per_user(data.unseen, max(args.shots), seed=args.seed)
+    for kind, loss in (("pal_b", "logistic"), ("pal_a", "hinge")):
+        est = estimator(
+            kind,
+            args.k_star,
+            16,
+            len(train),
+            steps=args.steps,
+            batch=args.batch,
+            seed=args.seed,
+            progress=True,
+        )
+        est.fit(train)
+        seconds = est.history_.seconds
+        accuracy = est.score(test)
+        curve = few_shot_curve(est, pool, held_out, args.shots, seed=args.seed)
+        curves[f"{kind} K={args.k_star}"] = curve
+        rows.append(
+            {
+                "model": f"{kind.upper().replace('_', '-')}-Tiny ({loss})",
+                "K": args.k_star,
+                "epochs": len(est.history_.epochs),
+                "seen_test_acc": accuracy,
+                "train_minutes": seconds / 60,
+                "comparisons_per_s": est.history_.comparisons_per_second,
+                "peak_rss_gib": peak_rss_gib(),
+            }
+        )
+        console.print(f"{rows[-1]['model']}: seen accuracy {accuracy:.4f} in {seconds / 60:.1f} min")
+        est.save(args.out / kind / "model")
+    results = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
+        "threads": torch.get_num_threads(),
+        "n_seen_comparisons": len(data.seen),
+        "n_train": len(train),
+        "n_test": len(test),
+        "prepare_seconds": prep_s,
+        "table": rows,
+        "few_shot": {
+            "series": {
+                name: {"shots": c["shots"].tolist(), "mean": c["accuracy"].tolist(), "std": None}
+                for name, c in curves.items()
+            },
+            "reference": rows[0]["seen_test_acc"],
+            "reference_label": "seen users (PAL-B)",
+        },
+        "paper": PAPER["full"],
+        "seconds": time.perf_counter() - start,
+    }
+    write_results(args.out, results)
+    print_rows(
+        f"Persona full scale: K* = {args.k_star}, {data.seen.n_users:,} seen users x {args.queries} "
+        f"questions ({len(data.seen):,} comparisons), {torch.get_num_threads()} thread",
+        rows,
+        PAPER["full"],
+    )
+    shots_rows = [
+        {"n": n, **{name: float(c["accuracy"][i]) for name, c in curves.items()}}
+        for i, n in enumerate(curves[next(iter(curves))]["shots"])
+    ]
+    print_rows(
+        "Unseen users: accuracy after fitting their weights on n answers", shots_rows, PAPER["few_shot"]
+    )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+def run_sweeps(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    results: dict = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
+        "threads": torch.get_num_threads(),
+        "paper": PAPER,
+    }
+    n, q, seed = args.users_per_persona, args.queries, args.seed
+
+    def seen_accuracy(k_star: int, k: int, d: int = 16, queries: int = q) -> float:
+        _, train, test = prepare(k_star, n, queries, 1, 10, seed, args.cache)
+        est = estimator("pal_b", k, d, len(train), steps=args.steps, batch=args.batch, seed=seed).fit(train)
+        return est.score(test)
+
+    if "k" in args.which:
+        grid = {ks: [seen_accuracy(ks, k) for k in args.ks] for ks in args.k_stars}
+        results["k_grid"] = {"k_stars": args.k_stars, "ks": args.ks, "accuracy": grid}
+        print_rows(
+            f"Seen-user accuracy, PAL-B-Tiny, N = {n}/persona, n_p = {q} (rows K*, columns K)",
+            [
+                {"K*": ks, **{f"K={k}": a for k, a in zip(args.ks, accs, strict=True)}}
+                for ks, accs in grid.items()
+            ],
+            PAPER["k"],
+        )
+    if "np" in args.which:
+        accs = [seen_accuracy(args.k_star, args.k_star, queries=m) for m in args.n_ps]
+        results["n_p"] = {"n_p": args.n_ps, "accuracy": accs}
+        print_rows(
+            f"Seen-user accuracy vs comparisons per user, K = K* = {args.k_star}",
+            [{"n_p": m, "accuracy": a} for m, a in zip(args.n_ps, accs, strict=True)],
+            PAPER["n_p"],
+        )
+    if "d" in args.which:
+        accs = [seen_accuracy(args.k_star, args.k_star, d=d) for d in args.dims]
+        results["d"] = {"d": args.dims, "accuracy": accs}
+        print_rows(
+            f"Seen-user accuracy vs latent dimension d, K = K* = {args.k_star}",
+            [{"d": d, "accuracy": a} for d, a in zip(args.dims, accs, strict=True)],
+            PAPER["d"],
+        )
+    if "fewshot" in args.which:
+        data, train, test = prepare(
+            args.k_star, n, q, args.unseen_users, max(args.shots) + 100, seed, args.cache
+        )
+        pool, held_out = take_per_user(data.unseen, max(args.shots), seed=seed)
+        series = {}
+        for k in args.fewshot_ks:
+            est = estimator("pal_b", k, 16, len(train), steps=args.steps, batch=args.batch, seed=seed).fit(
+                train
+            )
+            curve = few_shot_curve(est, pool, held_out, args.shots, seed=seed)
+            series[f"K={k}"] = {
+                "shots": curve["shots"].tolist(),
+                "mean": curve["accuracy"].tolist(),
+                "std": None,
+                "seen": est.score(test),
+            }
+        results["few_shot"] = {"series": series, "reference": None}
+        print_rows(
+            f"Unseen users (K* = {args.k_star}): accuracy after fitting weights on n answers (100 held out)",
+            [
+                {"n": s, **{name: c["mean"][i] for name, c in series.items()}}
+                for i, s in enumerate(args.shots)
+            ],
+            PAPER["few_shot"],
+        )
+    results["seconds"] = time.perf_counter() - start
+    results["peak_rss_gib"] = peak_rss_gib()
+    write_results(args.out, results)
+    plot_sweeps(results, args.out / "sweeps.png")
+    console.print(
+        f"wrote {args.out / 'results.json'} and {args.out / 'sweeps.png'} in {results['seconds']:.0f} s"
+    )
+    return results
+
+
+def plot_sweeps(results: dict, path: Path) -> None:
+    panels = [key for key in ("k_grid", "n_p", "d", "few_shot") if key in results]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        r = results[key]
+        if key == "k_grid":
+            curves = {f"K* = {ks}": (r["ks"], accs, [0.0] * len(accs)) for ks, accs in r["accuracy"].items()}
+            accuracy_vs_k_axes(ax, curves, title="seen users vs K (Fig. D.5a)")
+        elif key == "few_shot":
+            few_shot_curves_axes(
+                ax,
+                {name: (c["shots"], c["mean"], [0.0] * len(c["mean"])) for name, c in r["series"].items()},
+                title="unseen users (Fig. D.6d)",
+            )
+        else:
+            xs = r["n_p"] if key == "n_p" else r["d"]
+            ax.plot(xs, r["accuracy"], marker="o")
+            ax.set_xscale("log", base=2 if key == "d" else 10)
+            ax.set_xlabel("comparisons per user n_p" if key == "n_p" else "latent dimension d")
+            ax.set_ylabel("seen-user test accuracy")
+            ax.set_title("Fig. D.6b" if key == "n_p" else "Fig. D.6c")
+            ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--cache", type=Path, default=Path("runs/cache"), help="embedding cache directory")
+    common.add_argument("--batch", type=int, default=65536, help="comparisons per step")
+    common.add_argument("--k-star", type=int, default=4)
+    full = sub.add_parser("full", parents=[common], help="the paper's full scale (40M comparisons)")
+    full.add_argument("--users-per-persona", type=int, default=10_000)
+    full.add_argument("--queries", type=int, default=1_000, help="n_p, questions per seen user")
+    full.add_argument("--unseen-users", type=int, default=250, help="unseen users per persona")
+    full.add_argument("--unseen-queries", type=int, default=1_000)
+    full.add_argument("--steps", type=int, default=600, help="optimizer steps (rounded up to whole epochs)")
+    full.add_argument("--shots", type=int, nargs="+", default=[0, 1, 10, 20, 50, 100, 200, 500])
+    full.add_argument("--out", type=Path, default=Path("runs/bench/persona/full"))
+    full.set_defaults(func=run_full)
+    sweeps = sub.add_parser("sweeps", parents=[common], help="the paper's sweeps at reduced N")
+    sweeps.add_argument("--users-per-persona", type=int, default=200, help="reduced N (paper: 10,000)")
+    sweeps.add_argument("--queries", type=int, default=200, help="n_p for the K and d sweeps")
+    sweeps.add_argument("--steps", type=int, default=300)
+    sweeps.set_defaults(batch=8192)
+    sweeps.add_argument(
+        "--which", nargs="+", default=["k", "np", "d", "fewshot"], choices=["k", "np", "d", "fewshot"]
+    )
+    sweeps.add_argument("--k-stars", type=int, nargs="+", default=[2, 3, 4, 5, 6])
+    sweeps.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8])
+    sweeps.add_argument("--n-ps", type=int, nargs="+", default=[75, 100, 200, 500, 1000])
+    sweeps.add_argument("--dims", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    sweeps.add_argument("--fewshot-ks", type=int, nargs="+", default=[1, 2, 4, 8])
+    sweeps.add_argument("--unseen-users", type=int, default=50, help="unseen users per persona")
+    sweeps.add_argument("--shots", type=int, nargs="+", default=[0, 1, 10, 20, 50, 100, 200, 500, 1000])
+    sweeps.add_argument("--out", type=Path, default=Path("runs/bench/persona/sweeps"))
+    sweeps.set_defaults(func=run_sweeps)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    np.seterr(all="ignore")
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
