@@ -303,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--cache", type=Path, default=Path("runs/cache"), help="embedding cache directory")
-    common.add_argument("--batch", type=int, default=65536, help="comparisons per step")
     common.add_argument("--k-star", type=int, default=4)
     full = sub.add_parser("full", parents=[common], help="the paper's full scale (40M comparisons)")
     full.add_argument("--users-per-persona", type=int, default=10_000)
@@ -311,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     full.add_argument("--unseen-users", type=int, default=250, help="unseen users per persona")
     full.add_argument("--unseen-queries", type=int, default=1_000)
     full.add_argument("--steps", type=int, default=600, help="optimizer steps (rounded up to whole epochs)")
+    full.add_argument("--batch", type=int, default=65536, help="comparisons per step")
     full.add_argument("--shots", type=int, nargs="+", default=[0, 1, 10, 20, 50, 100, 200, 500])
     full.add_argument("--out", type=Path, default=Path("runs/bench/persona/full"))
     full.set_defaults(func=run_full)
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     sweeps.add_argument("--users-per-persona", type=int, default=200, help="reduced N (paper: 10,000)")
     sweeps.add_argument("--queries", type=int, default=200, help="n_p for the K and d sweeps")
     sweeps.add_argument("--steps", type=int, default=300)
-    sweeps.set_defaults(batch=8192)
+    sweeps.add_argument("--batch", type=int, default=8192, help="comparisons per step")
     sweeps.add_argument(
         "--which", nargs="+", default=["k", "np", "d", "fewshot"], choices=["k", "np", "d", "fewshot"]
     )
