@@ -280,7 +280,6 @@ def run_child(args: argparse.Namespace) -> dict:
         "peak_rss_setup_mib": setup_peak,
         "peak_rss_training_mib": train_peak,
         "peak_rss_mib": max(setup_peak, peak_rss_mib()),
-        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
 

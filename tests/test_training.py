@@ -123,3 +123,51 @@ def test_users_without_rows_get_the_prior(small):
     np.testing.assert_allclose(w.sum(-1).numpy(), 1.0)
     with pytest.raises(ValueError, match="ridge"):
         fit_user_weights(model, batch, tables, n_users=4, prior=prior, ridge=-1.0)
+
+
+def test_epoch_order_plain_and_grouped_by_context():
+    from pluralign.training.trainer import epoch_order
+
+    context = torch.randint(0, 50, (5000,), generator=torch.Generator().manual_seed(0))
+    plain = epoch_order(context, 256, None, torch.Generator().manual_seed(1))
+    assert torch.equal(plain.sort().values, torch.arange(5000))
+    grouped = epoch_order(context, 256, 8, torch.Generator().manual_seed(1))
+    assert torch.equal(grouped.sort().values, torch.arange(5000))  # still every row exactly once
+    again = epoch_order(context, 256, 8, torch.Generator().manual_seed(1))
+    assert torch.equal(grouped, again)
+    # a batch touches about B / r contexts instead of nearly all 50
+    touched = [len(torch.unique(context[b])) for b in grouped.split(256)]
+    touched_plain = [len(torch.unique(context[b])) for b in plain.split(256)]
+    assert np.mean(touched) < 0.8 * np.mean(touched_plain)
+    assert np.mean(touched) <= 256 / 8 + 2 and max(touched) <= 2 * 256 // 8  # short last runs add a few
+
+
+def test_grouped_batches_still_learn():
+    data = make_synthetic(
+        model="pal_b",
+        setting="partition",
+        dim=8,
+        n_prototypes=2,
+        n_users=40,
+        n_train=60,
+        n_test=30,
+        n_contexts=40,
+        seed=2,
+    )
+    results = {}
+    for r in (None, 4):
+        torch.manual_seed(0)
+        model = PALBModel(data.train.n_users, 2, 8, 8, 8, MLPConfig(n_layers=1), MLPConfig(n_layers=1))
+        config = TrainConfig(
+            epochs=40,
+            batch_size=128,
+            lr_maps=1e-2,
+            lr_prototypes=1e-2,
+            lr_users=5e-2,
+            patience=None,
+            progress=False,
+            rows_per_context=r,
+        )
+        fit(model, _tensors(data.train), None, config)
+        results[r] = float(accuracy(predict_margins(model, *_tensors(data.test))))
+    assert results[4] > 0.85 and abs(results[4] - results[None]) < 0.05, results

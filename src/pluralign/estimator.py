@@ -63,6 +63,7 @@ class PALEstimator:
         lr_users: float = 5e-3,
         wd_users: float = 0.0,
         patience: int | None = 10,
+        rows_per_context: int | None = None,
         seed: int = 0,
         encoder: Encoder | str | dict | None = None,
         cache_dir: str | Path | None = None,
@@ -88,6 +89,7 @@ class PALEstimator:
         self.lr_users = lr_users
         self.wd_users = wd_users
         self.patience = patience
+        self.rows_per_context = rows_per_context
         self.seed = seed
         self.encoder = encoder
         self.cache_dir = cache_dir
@@ -190,6 +192,7 @@ class PALEstimator:
             lr_users=self.lr_users,
             wd_users=self.wd_users,
             patience=self.patience,
+            rows_per_context=self.rows_per_context,
             seed=self.seed,
             progress=self.progress,
             metrics_path=None if self.metrics_path is None else str(self.metrics_path),

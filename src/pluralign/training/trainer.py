@@ -38,6 +38,8 @@ class TrainConfig:
     patience: int | None = 10
     min_delta: float = 0.0
     max_grad_norm: float | None = None
+    #: build each batch from runs of this many rows sharing a context (None: plain shuffle); see epoch_order
+    rows_per_context: int | None = None
     eval_batch_size: int = 65536
     seed: int = 0
     progress: bool = True
@@ -51,6 +53,8 @@ class TrainConfig:
         for name in ("lr_maps", "lr_prototypes", "lr_users"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.rows_per_context is not None and self.rows_per_context < 1:
+            raise ValueError(f"rows_per_context must be >= 1 or None, got {self.rows_per_context}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
@@ -84,6 +88,33 @@ def predict_margins(
     finally:
         model.train(was_training)
     return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def epoch_order(
+    context: torch.Tensor, batch_size: int, rows_per_context: int | None, generator: torch.Generator
+) -> torch.Tensor:
+    """The order of the rows in one epoch.
+
+    Plain shuffle by default. With ``rows_per_context = r``, a batch is made of runs of r random rows that
+    share a context, from about B / r random contexts, so maps of the context (PAL-B's g_k) run on B / r
+    contexts per step instead of nearly all of them; the batches themselves come in random order. Worth it
+    when rows far outnumber contexts (Persona: 40M rows, 4,000 questions).
+    """
+    n = len(context)
+    shuffled = torch.randperm(n, generator=generator)
+    if rows_per_context is None:
+        return shuffled
+    grouped = shuffled[torch.argsort(context[shuffled], stable=True)]  # by context, random within one
+    ctx = context[grouped]
+    counts = torch.bincount(ctx)
+    rank_in_context = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[ctx]
+    context_rank = torch.empty_like(counts)
+    context_rank[torch.randperm(len(counts), generator=generator)] = torch.arange(len(counts))
+    # run j of every context comes before run j + 1 of any; contexts in random order within a run index
+    key = (rank_in_context // rows_per_context) * len(counts) + context_rank[ctx]
+    ordered = grouped[torch.argsort(key, stable=True)]
+    batches = ordered.split(batch_size)
+    return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()])
 
 
 def make_optimizer(model: PreferenceModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -131,7 +162,7 @@ def fit(
         model.train()
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
-            order = torch.randperm(n, generator=generator)
+            order = epoch_order(batch.context, config.batch_size, config.rows_per_context, generator)
             loss_sum = torch.zeros((), dtype=torch.float64)
             correct = torch.zeros((), dtype=torch.float64)
             for s in range(0, n, config.batch_size):
