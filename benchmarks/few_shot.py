@@ -14,8 +14,6 @@ Reports seconds, speed-up of exact over each, and each method's worst excess obj
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.optimize import minimize
 
+from pluralign.atomic import atomic_write_json
 from pluralign.training.simplex import fit_simplex_weights
 
 
@@ -131,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"config": {**vars(args), "out": str(args.out), "threads": 1}, "results": rows}
-    tmp = args.out / ".results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, args.out / "results.json")
+    atomic_write_json(args.out / "results.json", payload)
     print(f"wrote {args.out / 'results.json'}")
     return 0
 

@@ -15,9 +15,7 @@ reported trends beside ours. One torch thread; peak RSS from getrusage.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import resource
 import sys
 import time
@@ -28,6 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from pluralign.atomic import atomic_write_json
 from pluralign.data.splits import split_per_user, take_per_user
 from pluralign.datasets.persona import build_persona, embed_persona
 from pluralign.estimator import BTL, PALA, PALB, PALEstimator
@@ -91,9 +90,7 @@ def estimator(
 
 def write_results(out: Path, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    atomic_write_json(out / "results.json", results)
 
 
 def print_rows(title: str, rows: list[dict], paper: str | None = None) -> None:

@@ -15,9 +15,7 @@ the paper's claims beside ours.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from pluralign.atomic import atomic_write_json
 from pluralign.datasets.synthetic import make_synthetic
 from pluralign.demo import SYNTHETIC_PARAMS
 from pluralign.estimator import BTL, PALA
@@ -87,9 +86,7 @@ def run(seeds: list[int], ks: list[int], out: Path, console: Console) -> dict:
     results["summary"] = summarize(results, ks)
     results.update(report_sections(results["summary"], ks))
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    atomic_write_json(out / "results.json", results)
     plot(results, ks, out / "synthetic.png")
     return results
 

@@ -53,6 +53,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
+from pluralign.atomic import atomic_write_json
 from pluralign.datasets.persona import ITEMS, PERSONAS_BY_K, build_persona, load_statements
 from pluralign.encoders import SentenceTransformerEncoder, embed_texts, open_cache
 from pluralign.models.base import Batch, Tables
@@ -474,9 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_met": max(speedup, grouped_speedup) >= 20.0,
         "profile": profile,
     }
-    tmp = args.out / ".results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, args.out / "results.json")
+    atomic_write_json(args.out / "results.json", payload)
     console.print(f"wrote {args.out / 'results.json'}")
     return 0
 

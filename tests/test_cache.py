@@ -162,7 +162,7 @@ def test_leftovers_of_killed_writers_are_ignored_then_removed(tmp_path):
     embed_texts(texts_of(0, 3), enc, cache=EmbeddingCache(tmp_path, enc.id))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = cache_mod._HOST
+    host = cache_mod.HOST
     truncated = b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'"
     fresh_other = tmp_path / f".tmp-otherhost-123-abc-shard-{'0' * 24}.vectors.npy"
     dead_local = tmp_path / f".tmp-{host}-{dead.pid}-abc-shard-{'1' * 24}.keys.npy"

@@ -186,7 +186,7 @@ def test_save_vectors_is_atomic(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr("pluralign.encoders.precomputed.os.replace", crash)
+    monkeypatch.setattr("pluralign.atomic.os.replace", crash)
     with pytest.raises(OSError, match="simulated"):
         save_vectors(path, KEYS, VECTORS * 3)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["v.parquet"]

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pluralign.atomic import atomic_write_json
 from pluralign.errors import CheckpointError
 
 FORMAT = "pluralign-checkpoint"
@@ -33,13 +34,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as handle:
-        json.dump(obj, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def save_checkpoint(
     directory: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], users: list[str]
 ) -> Path:
@@ -50,9 +44,9 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
-        _write_json(tmp / USERS, list(users))
+        atomic_write_json(tmp / USERS, list(users))
         full = {"format": FORMAT, "version": VERSION, "tensors_sha256": _sha256(tmp / TENSORS), **config}
-        _write_json(tmp / CONFIG, full)
+        atomic_write_json(tmp / CONFIG, full)
         old = None
         if directory.exists():
             old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"

@@ -12,16 +12,14 @@ Each writes ``results.json`` (the schema of ``pluralign report``), the trained P
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from pluralign.atomic import atomic_write_json
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.splits import split_per_user, take_per_user
 from pluralign.datasets.persona import build_persona, embed_persona
@@ -51,12 +49,6 @@ PERSONA_PARAMS = {
     "lr_users": 3e-2,
     "patience": None,
 }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _train_and_score(
@@ -168,7 +160,7 @@ def run_persona_demo(
             strict=True,
         )
     )
-    _write_json(out / "user_groups.json", groups)
+    atomic_write_json(out / "user_groups.json", groups)
     curve = few_shot_curve(best, adapt_pool, new_test, (0, 1, 2, 5, 10, 20, 50), seed=seed).to_dict("records")
     _print_results(
         rows,
@@ -178,7 +170,7 @@ def run_persona_demo(
         console,
     )
     result = _results(rows, curve, rows[-1]["seen_test_acc"], "PAL-B K=4", time.perf_counter() - start)
-    _write_json(out / "results.json", result)
+    atomic_write_json(out / "results.json", result)
     console.print(
         f"model in {out / 'model'}; `pluralign report {out}` draws the plots ({result['seconds']:.0f} s)"
     )
@@ -223,7 +215,7 @@ def run_synthetic_demo(out: Path, *, seed: int = 0, console: Console | None = No
         console,
     )
     result = _results(rows, curve, rows[3]["seen_test_acc"], "PAL-A K=3", time.perf_counter() - start)
-    _write_json(out / "results.json", result)
+    atomic_write_json(out / "results.json", result)
     console.print(
         f"model in {out / 'model'}; `pluralign report {out}` draws the plots ({result['seconds']:.0f} s)"
     )

@@ -18,16 +18,16 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pluralign.atomic import atomic_write
 from pluralign.data.comparisons import COLUMNS, PreferenceData
 from pluralign.errors import DataError
 
@@ -139,27 +139,19 @@ def write_preferences(data: PreferenceData | pd.DataFrame, path: str | Path) -> 
     suffix = path.suffix.lower()
     if suffix not in JSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES:
         raise DataError(f"cannot write unknown file type '{path.suffix}' ({_KNOWN_TYPES})", path=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if suffix in JSON_SUFFIXES:
-                text = frame.to_json(orient="records", lines=True, force_ascii=False, double_precision=15)
-                # pandas escapes every "/" as "\/"; undoing it is safe because no unescaped "/" exists in
-                # its output, so each "\/" found is a whole escape sequence.
-                handle.write(text.replace("\\/", "/").encode("utf-8"))
-            elif suffix in CSV_SUFFIXES:
-                handle.write(frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
-            else:
-                frame.to_parquet(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    def write(handle: BinaryIO) -> None:
+        if suffix in JSON_SUFFIXES:
+            text = frame.to_json(orient="records", lines=True, force_ascii=False, double_precision=15)
+            # pandas escapes every "/" as "\/"; undoing it is safe because no unescaped "/" exists in
+            # its output, so each "\/" found is a whole escape sequence.
+            handle.write(text.replace("\\/", "/").encode("utf-8"))
+        elif suffix in CSV_SUFFIXES:
+            handle.write(frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+        else:
+            frame.to_parquet(handle, index=False)
+
+    return atomic_write(path, write)
 
 
 # ========================================================================================================

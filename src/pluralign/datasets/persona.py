@@ -30,18 +30,18 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pluralign import __version__
+from pluralign.atomic import atomic_write
 from pluralign.data.comparisons import PreferenceData
 from pluralign.encoders.base import Encoder
 from pluralign.errors import DataError
@@ -527,7 +527,7 @@ def write_persona(dataset: PersonaDataset, out_dir: str | os.PathLike[str]) -> P
         "users": {split: getattr(dataset, split).n_users for split in _SPLITS},
     }
     payload = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
-    _atomic_write(out / _MANIFEST, lambda handle: handle.write(payload))
+    atomic_write(out / _MANIFEST, lambda handle: handle.write(payload))
     return out
 
 
@@ -622,23 +622,8 @@ def read_persona(directory: str | os.PathLike[str]) -> PersonaDataset:
     )
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through ``write`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    _atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
 
 
 def _read_parquet(path: Path) -> pa.Table:

@@ -27,14 +27,13 @@ rows. All sampling is vectorized (no Python loop over users or comparisons).
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.special import expit, softmax
 
+from pluralign.atomic import atomic_write_json
 from pluralign.data.comparisons import PreferenceData
 
 __all__ = ["SyntheticDataset", "make_synthetic", "write_synthetic"]
@@ -449,8 +448,6 @@ def write_synthetic(dataset: SyntheticDataset, out_dir: str | Path) -> dict[Path
         "user_ids": list(map(str, dataset.train.user_ids)),
         "true_weights": dataset.true_weights.tolist(),
     }
-    tmp = out / ".truth.json.tmp"
-    tmp.write_text(json.dumps(truth))
-    os.replace(tmp, out / "truth.json")
+    atomic_write_json(out / "truth.json", truth, indent=None)
     files[out / "truth.json"] = len(truth["user_ids"])
     return files

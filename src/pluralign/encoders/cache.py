@@ -20,15 +20,13 @@ import hashlib
 import json
 import logging
 import os
-import re
-import socket
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pluralign.atomic import HOST, atomic_write
 from pluralign.encoders.base import Encoder
 from pluralign.errors import PluralignError
 
@@ -42,7 +40,6 @@ VEC_DTYPE = np.dtype("<f4")
 # Leftovers of another live writer must survive; anything this old is from a crash.
 STALE_SECONDS = 3600.0
 # Temp names carry host and pid so that leftovers of dead local writers can go at once ("-" separates).
-_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
 
 
 def text_keys(encoder_id: str, texts: Sequence[str]) -> np.ndarray:
@@ -152,7 +149,7 @@ class EmbeddingCache:
 
     def _write_meta(self) -> None:
         text = json.dumps(self._meta(), indent=1) + "\n"
-        _atomic_write(self.directory / META, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(self.directory / META, lambda f: f.write(text.encode("utf-8")))
         _fsync_dir(self.directory)
 
     # --- loading ---------------------------------------------------------------------------------------
@@ -338,10 +335,10 @@ class EmbeddingCache:
         name = f"shard-{_checksum(keys, vectors)}"
         keys_path = self.directory / f"{name}.keys.npy"
         vectors_path = self.directory / f"{name}.vectors.npy"
-        _atomic_write(vectors_path, lambda f: np.lib.format.write_array(f, vectors, allow_pickle=False))
+        atomic_write(vectors_path, lambda f: np.lib.format.write_array(f, vectors, allow_pickle=False))
         # The vectors' rename must be durable before the keys' rename can commit the shard.
         _fsync_dir(self.directory)
-        _atomic_write(keys_path, lambda f: np.lib.format.write_array(f, keys, allow_pickle=False))
+        atomic_write(keys_path, lambda f: np.lib.format.write_array(f, keys, allow_pickle=False))
         _fsync_dir(self.directory)
         return name
 
@@ -519,20 +516,6 @@ def _read_npy(path: Path, dtype: np.dtype, ndim: int, hint: str, *, mmap: bool) 
         raise PluralignError(f"embedding cache file {path} is damaged: {exc}{hint}") from exc
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same directory, fsync it, then rename: all or nothing."""
-    tmp = path.with_name(f".tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _fsync_dir(directory: Path) -> None:
     """Make renames durable (POSIX); directories cannot be opened this way on Windows."""
     try:
@@ -557,7 +540,7 @@ def _age(path: Path, now: float) -> float:
 def _temp_is_stale(path: Path, now: float) -> bool:
     """A temp file of a dead process on this host, or one old enough to be from any crash."""
     parts = path.name.split("-")
-    if len(parts) >= 4 and parts[0] == ".tmp" and parts[1] == _HOST and parts[2].isdigit():
+    if len(parts) >= 4 and parts[0] == ".tmp" and parts[1] == HOST and parts[2].isdigit():
         pid = int(parts[2])
         if pid != os.getpid():
             try:

@@ -8,15 +8,15 @@ or ``text``) and a list column ``vector`` (or ``embedding``) of equal-length num
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
+from pluralign.atomic import atomic_write
 from pluralign.errors import DataError, PluralignError
 
 KEY_COLUMNS = ("key", "id", "text")
@@ -120,25 +120,18 @@ def save_vectors(path: str | Path, keys: Sequence[str] | np.ndarray, vectors: np
     if path.suffix not in SUFFIXES:
         raise PluralignError(f"{path}: vector files must end in {' or '.join(SUFFIXES)}")
     keys, vectors = _validate(keys, vectors, path, "keys", "vectors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".npz":
-                np.savez(f, keys=keys.astype(str), vectors=vectors)
-            else:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
 
-                column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-                pq.write_table(pa.table({"key": pa.array(keys.tolist(), pa.string()), "vector": column}), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    def write(f: BinaryIO) -> None:
+        if path.suffix == ".npz":
+            np.savez(f, keys=keys.astype(str), vectors=vectors)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+            pq.write_table(pa.table({"key": pa.array(keys.tolist(), pa.string()), "vector": column}), f)
+
+    return atomic_write(path, write)
 
 
 # --- reading ---------------------------------------------------------------------------------------------

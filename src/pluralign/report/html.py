@@ -47,7 +47,6 @@ import html
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pluralign.atomic import atomic_write_text
 from pluralign.errors import DataError, PluralignError
 from pluralign.report.plots import accuracy_vs_k_axes, few_shot_curves_axes, plt
 
@@ -643,15 +643,4 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if out.is_dir():
         raise PluralignError(f"--out {out} is a directory; give a file name such as {out / 'report.html'}")
     text = build_report(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write_text(out, text)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+
+from pluralign.atomic import atomic_write
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -16,12 +17,13 @@ from matplotlib.ticker import MaxNLocator
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Write a figure atomically (temp file, then rename) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(
+            path,
+            lambda handle: fig.savefig(handle, dpi=120, bbox_inches="tight", format=path.suffix[1:] or "png"),
+        )
+    finally:
+        plt.close(fig)
 
 
 def accuracy_vs_k_axes(
