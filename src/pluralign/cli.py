@@ -111,6 +111,7 @@ EncoderOpt = Annotated[
         "keyed by text. Default: all-MiniLM-L6-v2 (offline).",
     ),
 ]
+RunDir = Annotated[Path, typer.Argument(help="Run directory (or its model/ directory).")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Embedding cache directory.")]
 
 
@@ -286,7 +287,7 @@ def _load(run: Path, encoder: str | None = None):
 @app.command("eval")
 @command
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ directory).")],
+    run: RunDir,
     data: Annotated[list[Path], typer.Argument(help="Preference files to score.")],
     encoder: EncoderOpt = None,
     verbose: Verbose = False,
@@ -315,7 +316,7 @@ def evaluate(
 @app.command()
 @command
 def adapt(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ directory).")],
+    run: RunDir,
     data: Annotated[Path, typer.Argument(help="Comparisons of the (new) users to fit.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the adapted model.")],
     test: Annotated[Path | None, typer.Option(help="Held-out comparisons of these users to score.")] = None,
@@ -340,7 +341,7 @@ def adapt(
 @app.command()
 @command
 def score(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ directory).")],
+    run: RunDir,
     response: Annotated[list[str], typer.Option("--response", "-r", help="A candidate response (repeat).")],
     user: Annotated[str, typer.Option(help="User id (unknown users get zero-shot weights).")],
     prompt: Annotated[str, typer.Option(help="The prompt / context.")] = "",
