@@ -146,3 +146,40 @@ def test_help_lists_commands():
     result = invoke("--help")
     for name in ("synth", "embed", "train", "eval", "adapt", "score", "demo", "bench"):
         assert name in result.output
+
+
+def test_persona_build(tmp_path):
+    out = tmp_path / "persona"
+    result = invoke(
+        "persona",
+        "build",
+        out,
+        "--k-star",
+        2,
+        "--users-per-persona",
+        5,
+        "--queries-per-user",
+        20,
+        "--unseen-users-per-persona",
+        2,
+        "--unseen-queries-per-user",
+        10,
+        "--jsonl",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)[0]
+    assert summary == {
+        "statements": 2000,
+        "seen_users": 10,
+        "seen_rows": 200,
+        "unseen_users": 4,
+        "unseen_rows": 40,
+    }
+    rows = [json.loads(line) for line in (out / "seen.jsonl").read_text().splitlines()]
+    assert len(rows) == 200 and {r["chosen"] for r in rows} <= {"Yes", "No"}
+    assert (out / "manifest.json").is_file()
+    # the paper's scale as JSONL is refused before anything is written
+    result = runner.invoke(app, ["persona", "build", str(tmp_path / "big"), "--jsonl"])
+    assert result.exit_code == 2 and "compact dataset" in result.output
+    assert not (tmp_path / "big").exists()
