@@ -67,7 +67,16 @@ def prepare(
 
 
 def estimator(
-    kind: str, k: int, d: int, n_train: int, *, steps: int, batch: int, seed: int, progress: bool = False
+    kind: str,
+    k: int,
+    d: int,
+    n_train: int,
+    *,
+    steps: int,
+    batch: int,
+    seed: int,
+    rows_per_context: int | None = None,
+    progress: bool = False,
 ) -> PALEstimator:
     """A Tiny model (2-layer f and g, hidden 128) trained for about ``steps`` optimizer steps."""
     params = {
@@ -79,6 +88,7 @@ def estimator(
         "lr_users": 3e-2,
         "patience": None,
         "seed": seed,
+        "rows_per_context": rows_per_context,
         "progress": progress,
     }
     if kind == "btl":
@@ -94,14 +104,15 @@ def write_results(out: Path, results: dict) -> None:
 
 
 def print_rows(title: str, rows: list[dict], paper: str | None = None) -> None:
-    table = Table(title=title)
+    console.print(f"[bold]{title}[/]")
+    table = Table()
     for key in rows[0]:
         table.add_column(key, justify="left" if isinstance(rows[0][key], str) else "right")
     for row in rows:
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
-    if paper:
-        table.caption = f"paper: {paper}"
     console.print(table)
+    if paper:
+        console.print(f"paper: {paper}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,7 +212,16 @@ def run_sweeps(args: argparse.Namespace) -> dict:
 
     def seen_accuracy(k_star: int, k: int, d: int = 16, queries: int = q) -> float:
         _, train, test = prepare(k_star, n, queries, 1, 10, seed, args.cache)
-        est = estimator("pal_b", k, d, len(train), steps=args.steps, batch=args.batch, seed=seed).fit(train)
+        est = estimator(
+            "pal_b",
+            k,
+            d,
+            len(train),
+            steps=args.steps,
+            batch=args.batch,
+            seed=seed,
+            rows_per_context=args.rows_per_context,
+        ).fit(train)
         return est.score(test)
 
     if "k" in args.which:
@@ -238,9 +258,16 @@ def run_sweeps(args: argparse.Namespace) -> dict:
         pool, held_out = take_per_user(data.unseen, max(args.shots), seed=seed)
         series = {}
         for k in args.fewshot_ks:
-            est = estimator("pal_b", k, 16, len(train), steps=args.steps, batch=args.batch, seed=seed).fit(
-                train
-            )
+            est = estimator(
+                "pal_b",
+                k,
+                16,
+                len(train),
+                steps=args.steps,
+                batch=args.batch,
+                seed=seed,
+                rows_per_context=args.rows_per_context,
+            ).fit(train)
             curve = few_shot_curve(est, pool, held_out, args.shots, seed=seed)
             series[f"K={k}"] = {
                 "shots": curve["shots"].tolist(),
@@ -317,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     sweeps.add_argument("--steps", type=int, default=300)
     sweeps.add_argument("--batch", type=int, default=8192, help="comparisons per step")
     sweeps.add_argument(
+        "--rows-per-context",
+        type=int,
+        default=16,
+        help="context-grouped batches (TrainConfig.rows_per_context); 0 for plain shuffling",
+    )
+    sweeps.add_argument(
         "--which", nargs="+", default=["k", "np", "d", "fewshot"], choices=["k", "np", "d", "fewshot"]
     )
     sweeps.add_argument("--k-stars", type=int, nargs="+", default=[2, 3, 4, 5, 6])
@@ -331,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     np.seterr(all="ignore")
+    if getattr(args, "rows_per_context", None) == 0:
+        args.rows_per_context = None
     args.func(args)
     return 0
 
