@@ -314,6 +314,8 @@ def plot_sweeps(results: dict, path: Path) -> None:
             xs = r["n_p"] if key == "n_p" else r["d"]
             ax.plot(xs, r["accuracy"], marker="o")
             ax.set_xscale("log", base=2 if key == "d" else 10)
+            ax.set_xticks(xs, labels=[str(x) for x in xs])
+            ax.minorticks_off()
             ax.set_xlabel("comparisons per user n_p" if key == "n_p" else "latent dimension d")
             ax.set_ylabel("seen-user test accuracy")
             ax.set_title("Fig. D.6b" if key == "n_p" else "Fig. D.6c")
