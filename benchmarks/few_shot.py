@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     # PAL-B-like margins: scale (<= 100) times differences of cosines, so entries of order 1-10
     A = 5.0 * torch.randn(args.users * args.rows, args.k, generator=gen, dtype=torch.float64)
     group = torch.arange(args.users).repeat_interleave(args.rows)
-    fit_simplex_weights(A[:100], group[:100], 2)  # warm-up outside the clock
+    fit_simplex_weights(A[: 2 * args.rows], group[: 2 * args.rows], 2)  # warm-up outside the clock
 
     results = {}
     for name, run in {

@@ -1,0 +1,69 @@
+"""Benchmarks run end to end at toy sizes, so they do not rot between real runs (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _main(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_few_shot_benchmark(tmp_path):
+    assert (
+        _main("few_shot")(["--users", "30", "--rows", "20", "--adam-steps", "50", "--out", str(tmp_path)])
+        == 0
+    )
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    exact = results[0]
+    assert exact["method"].startswith("exact") and exact["worst_excess_objective"] == 0.0
+    # no baseline beats the certified optimum by more than the certificate's tolerance
+    assert all(r["worst_excess_objective"] > -1e-8 for r in results)
+
+
+def test_persona_sweeps_benchmark(tmp_path):
+    argv = [
+        "sweeps",
+        "--which",
+        "k",
+        "fewshot",
+        "--k-stars",
+        "2",
+        "--ks",
+        "1",
+        "2",
+        "--fewshot-ks",
+        "2",
+        "--users-per-persona",
+        "10",
+        "--queries",
+        "40",
+        "--steps",
+        "5",
+        "--unseen-users",
+        "3",
+        "--shots",
+        "0",
+        "5",
+        "--k-star",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path),
+    ]
+    assert _main("persona")(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["k_grid"]["accuracy"]) == {"2"}
+    assert results["few_shot"]["series"]["K=2"]["shots"] == [0, 5]
+    assert (tmp_path / "sweeps.png").stat().st_size > 0
