@@ -1,6 +1,6 @@
 """Training throughput and peak memory: our index-based trainer against a naive per-comparison pipeline.
 
-    pluralign bench train-speed [--epochs 8] [--batch-size 4096] [--scale-row] [--profile]
+    pluralign bench train-speed [--epochs 16] [--batch-size 16384] [--scale-row] [--profile]
     python benchmarks/train_speed.py --help
 
 Data: Persona (PAL App. D.4) with K* = 4 personas, ``--users-per-persona`` x 4 users, each asked
@@ -235,6 +235,9 @@ def run_child(args: argparse.Namespace) -> dict:
     epochs = 1 if args.only == "profile" else args.scale_epochs if scale else args.epochs
     grouped = args.only == "grouped"
     config = TrainConfig(
+        lr_maps=args.lr,
+        lr_prototypes=args.lr,
+        lr_users=10 * args.lr,
         epochs=epochs,
         batch_size=batch_size,
         patience=None,
@@ -356,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users-per-persona", type=int, default=500)
     parser.add_argument("--queries", type=int, default=100, help="training comparisons per user")
     parser.add_argument("--heldout-queries", type=int, default=25, help="held-out comparisons per user")
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--epochs", type=int, default=8, help="passes over the training rows (both methods)")
+    parser.add_argument("--batch-size", type=int, default=16384)
+    parser.add_argument("--epochs", type=int, default=16, help="passes over the training rows (both methods)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate of f, g (users: 10x)")
     parser.add_argument("--k", type=int, default=4, help="PAL-B prototypes")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--layers", type=int, default=2, help="layers of f and g")
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_child(args)))
         return 0
 
-    console = Console()
+    console = Console(width=130)
     args.out.mkdir(parents=True, exist_ok=True)
     forwarded = list(sys.argv[1:] if argv is None else argv)
     encoding = encode_texts(args)
