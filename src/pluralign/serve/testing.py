@@ -1,0 +1,50 @@
+"""A small PAL-B checkpoint with a precomputed encoder, for tests, the load benchmark and trying the service.
+
+Texts are the synthetic names ``item-<i>`` (responses) and ``ctx-<i>`` (prompts); no sentence-transformers
+model is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_demo_model(
+    directory: str | Path,
+    *,
+    dim: int = 8,
+    n_users: int = 20,
+    n_train: int = 30,
+    n_contexts: int = 30,
+    n_prototypes: int = 2,
+    epochs: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Train a tiny PALB on synthetic PAL-B data and save it to ``directory/model``; returns that path.
+
+    The item and context vectors go to ``directory/vectors.npz``, which the checkpoint names as its encoder.
+    """
+    from pluralign.datasets.synthetic import make_synthetic
+    from pluralign.encoders.precomputed import save_vectors
+    from pluralign.estimator import PALB
+
+    directory = Path(directory)
+    data = make_synthetic(
+        model="pal_b",
+        dim=dim,
+        n_prototypes=n_prototypes,
+        n_users=n_users,
+        n_train=n_train,
+        n_test=5,
+        n_contexts=n_contexts,
+        seed=seed,
+    )
+    train = data.train
+    keys = np.asarray([*train.items, *train.contexts], dtype=str)
+    vectors = np.concatenate([train.item_vectors, train.context_vectors])
+    path = save_vectors(directory / "vectors.npz", keys, vectors)
+    est = PALB(n_prototypes=n_prototypes, dim=dim, epochs=epochs, encoder=str(path.resolve()), seed=seed)
+    est.fit(train)
+    return est.save(directory / "model")
