@@ -316,6 +316,8 @@ def plot_sweeps(results: dict, path: Path) -> None:
             ax.set_xscale("log", base=2 if key == "d" else 10)
             ax.set_xticks(xs, labels=[str(x) for x in xs])
             ax.minorticks_off()
+            # a fixed scale: at the ceiling, a 1e-4 wiggle must not look like a trend
+            ax.set_ylim(min(0.85, min(r["accuracy"]) - 0.01), 1.005)
             ax.set_xlabel("comparisons per user n_p" if key == "n_p" else "latent dimension d")
             ax.set_ylabel("seen-user test accuracy")
             ax.set_title("Fig. D.6b" if key == "n_p" else "Fig. D.6c")

@@ -81,10 +81,10 @@ def few_shot_curves_axes(
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
     ax.set_xscale("symlog", linthresh=10)
     shown = sorted({float(x) for shots, _, _ in curves.values() for x in shots if x == x})
-    # 1-2-5 ticks up to the largest value keep labels apart on the log part of the axis
-    ticks = [
-        t for t in (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000) if t <= max(shown, default=0)
-    ]
+    # 1-2-5 ticks up to 500, decades beyond: labels stay apart on the log part of the axis
+    top = max(shown, default=0)
+    steps = (0, 5, 10, 20, 50, 100, 200, 500) if top <= 500 else (0, 10, 100, 1000, 10000, 100000)
+    ticks = [t for t in steps if t <= top]
     ax.set_xticks(ticks, labels=[f"{x:g}" for x in ticks])
     ax.minorticks_off()
     ax.set_xlabel("comparisons of the new user (0 = zero-shot)")
