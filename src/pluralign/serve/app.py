@@ -626,7 +626,7 @@ def create_app(
             n_candidates=m,
         )
 
-    @app.get("/v1/users/{user_id}", response_model=UserResponse, responses=ERRORS, tags=["users"])
+    @app.get("/v1/users/{user_id:path}", response_model=UserResponse, responses=ERRORS, tags=["users"])
     async def get_user(user_id: UserIdParam) -> UserResponse:
         """A user's weights, how many comparisons they rest on, and when they were created and updated."""
         stored = service.state_users.get(user_id)
@@ -651,7 +651,7 @@ def create_app(
         raise ApiError(404, "not found", f"unknown user {user_id!r}")
 
     @app.delete(
-        "/v1/users/{user_id}",
+        "/v1/users/{user_id:path}",
         response_model=DeleteResponse,
         responses=ERRORS,
         tags=["users"],

@@ -20,11 +20,14 @@ def make_demo_model(
     n_contexts: int = 30,
     n_prototypes: int = 2,
     epochs: int = 3,
+    model_dim: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Train a tiny PALB on synthetic PAL-B data and save it to ``directory/model``; returns that path.
 
-    The item and context vectors go to ``directory/vectors.npz``, which the checkpoint names as its encoder.
+    ``dim`` is the dimension of the data's vectors, ``model_dim`` the model's latent dimension (default:
+    ``dim``). The item and context vectors go to ``directory/vectors.npz``, which the checkpoint names as
+    its encoder.
     """
     from pluralign.datasets.synthetic import make_synthetic
     from pluralign.encoders.precomputed import save_vectors
@@ -45,6 +48,12 @@ def make_demo_model(
     keys = np.asarray([*train.items, *train.contexts], dtype=str)
     vectors = np.concatenate([train.item_vectors, train.context_vectors])
     path = save_vectors(directory / "vectors.npz", keys, vectors)
-    est = PALB(n_prototypes=n_prototypes, dim=dim, epochs=epochs, encoder=str(path.resolve()), seed=seed)
+    est = PALB(
+        n_prototypes=n_prototypes,
+        dim=model_dim or dim,
+        epochs=epochs,
+        encoder=str(path.resolve()),
+        seed=seed,
+    )
     est.fit(train)
     return est.save(directory / "model")
