@@ -235,21 +235,19 @@ def run_sweeps(args: argparse.Namespace) -> dict:
             ],
             PAPER["k"],
         )
-    if "np" in args.which:
-        accs = [seen_accuracy(args.k_star, args.k_star, queries=m) for m in args.n_ps]
-        results["n_p"] = {"n_p": args.n_ps, "accuracy": accs}
+    one_at_a_time = (  # (--which key, results key, values, keyword of seen_accuracy, what it is)
+        ("np", "n_p", args.n_ps, "queries", "comparisons per user"),
+        ("d", "d", args.dims, "d", "latent dimension d"),
+    )
+    for key, name, values, keyword, label in one_at_a_time:
+        if key not in args.which:
+            continue
+        accs = [seen_accuracy(args.k_star, args.k_star, **{keyword: v}) for v in values]
+        results[name] = {name: values, "accuracy": accs}
         print_rows(
-            f"Seen-user accuracy vs comparisons per user, K = K* = {args.k_star}",
-            [{"n_p": m, "accuracy": a} for m, a in zip(args.n_ps, accs, strict=True)],
-            PAPER["n_p"],
-        )
-    if "d" in args.which:
-        accs = [seen_accuracy(args.k_star, args.k_star, d=d) for d in args.dims]
-        results["d"] = {"d": args.dims, "accuracy": accs}
-        print_rows(
-            f"Seen-user accuracy vs latent dimension d, K = K* = {args.k_star}",
-            [{"d": d, "accuracy": a} for d, a in zip(args.dims, accs, strict=True)],
-            PAPER["d"],
+            f"Seen-user accuracy vs {label}, K = K* = {args.k_star}",
+            [{name: v, "accuracy": a} for v, a in zip(values, accs, strict=True)],
+            PAPER[name],
         )
     if "fewshot" in args.which:
         data, train, test = prepare(
