@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from pluralign.atomic import atomic_write_json
 from pluralign.data.splits import split_per_user, take_per_user
@@ -32,6 +31,7 @@ from pluralign.datasets.persona import build_persona, embed_persona
 from pluralign.estimator import BTL, PALA, PALB, PALEstimator
 from pluralign.evaluation import few_shot_curve
 from pluralign.report.plots import accuracy_vs_k_axes, few_shot_curves_axes, plt, save_figure
+from pluralign.report.tables import rows_table
 
 console = Console(width=110)
 
@@ -105,12 +105,7 @@ def write_results(out: Path, results: dict) -> None:
 
 def print_rows(title: str, rows: list[dict], paper: str | None = None) -> None:
     console.print(f"[bold]{title}[/]")
-    table = Table()
-    for key in rows[0]:
-        table.add_column(key, justify="left" if isinstance(rows[0][key], str) else "right")
-    for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
-    console.print(table)
+    console.print(rows_table(rows))
     if paper:
         console.print(f"paper: {paper}")
 

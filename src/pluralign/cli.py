@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from pluralign.errors import PluralignError
+from pluralign.report.tables import rows_table
 
 app = typer.Typer(
     help="pluralign: personalized reward models from heterogeneous preferences (PAL, BTL).",
@@ -76,24 +76,8 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value)
-
-
 def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    table = Table(title=title)
-    if not rows:
-        console.print("(no rows)")
-        return
-    for key in rows[0]:
-        table.add_column(str(key), justify="right" if isinstance(rows[0][key], int | float) else "left")
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row.values()))
-    console.print(table)
+    console.print(rows_table(rows, title) if rows else "(no rows)")
 
 
 def emit(rows: list[dict[str, Any]], as_json: bool, title: str | None = None) -> None:
