@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -230,6 +230,3 @@ def fit(
     )
     return history
 
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
