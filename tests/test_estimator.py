@@ -175,3 +175,47 @@ def test_wrong_vector_dimensions_are_reported(pal_a_data, fitted):
     other = make_synthetic(model="pal_a", dim=8, n_prototypes=2, n_users=5, n_train=10, n_test=5, seed=0)
     with pytest.raises(DataError, match="trained on item=16"):
         fitted["k1"].score(other.test)
+
+
+def test_text_end_to_end_with_the_default_encoder(tmp_path):
+    """Raw text rows -> MiniLM embeddings (cached) -> PAL-B -> rewards that survive save/load."""
+    rng = np.random.default_rng(0)
+    short, long = (
+        ["Yes.", "Sure.", "No."],
+        ["Here is a detailed, step-by-step answer.", "A long and careful reply."],
+    )
+    rows = []
+    for u in range(8):
+        likes_short = u % 2 == 0  # two groups with opposite tastes
+        for i in range(6):
+            s, lo = short[rng.integers(3)], long[rng.integers(2)]
+            rows.append(
+                {
+                    "user_id": f"u{u}",
+                    "prompt": f"question {i}",
+                    "chosen": s if likes_short else lo,
+                    "rejected": lo if likes_short else s,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    est = PALB(
+        n_prototypes=2,
+        dim=8,
+        epochs=60,
+        batch_size=16,
+        lr_maps=1e-2,
+        lr_prototypes=1e-2,
+        lr_users=1e-1,
+        patience=None,
+        cache_dir=tmp_path / "cache",
+    )
+    est.fit(frame)
+    assert est.score(frame) > 0.9
+    rewards = est.reward(["u0", "u1"], "question 0", ["Sure.", "Sure."])
+    assert rewards[0] != rewards[1]  # the same text, two users with different tastes
+    est.save(tmp_path / "model")
+    loaded = PALEstimator.load(tmp_path / "model")
+    np.testing.assert_allclose(
+        loaded.reward(["u0", "u1"], "question 0", ["Sure.", "Sure."]), rewards, rtol=1e-6
+    )
+    assert any((tmp_path / "cache").rglob("*.npy"))
