@@ -137,7 +137,7 @@ def run_full(args: argparse.Namespace) -> dict:
             16,
             len(train),
             steps=args.steps,
-            batch=args.batch,
+            batch=args.batch if kind == "pal_b" else args.batch_pal_a,
             seed=args.seed,
             progress=True,
         )
@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     full.add_argument("--unseen-users", type=int, default=250, help="unseen users per persona")
     full.add_argument("--unseen-queries", type=int, default=1_000)
     full.add_argument("--steps", type=int, default=600, help="optimizer steps (rounded up to whole epochs)")
-    full.add_argument("--batch", type=int, default=65536, help="comparisons per step")
+    full.add_argument("--batch", type=int, default=65536, help="comparisons per step (PAL-B)")
+    # PAL-A's ideal points move slowly: at batch 65,536 (1,100 steps) it stayed at the majority answer (0.875)
+    full.add_argument("--batch-pal-a", type=int, default=8192, help="comparisons per step (PAL-A)")
     full.add_argument("--shots", type=int, nargs="+", default=[0, 1, 10, 20, 50, 100, 200, 500])
     full.add_argument("--out", type=Path, default=Path("runs/bench/persona/full"))
     full.set_defaults(func=run_full)
