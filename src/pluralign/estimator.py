@@ -321,11 +321,10 @@ class PALEstimator:
         return clone
 
     # --- new users --------------------------------------------------------------------------------------
-    def adapt(self, data: DataLike, *, ridge: float | None = None) -> pd.DataFrame:
-        """Fit the weights of the users in ``data`` with everything shared frozen (few-shot).
+    def fit_weights(self, data: DataLike, *, ridge: float | None = None) -> pd.DataFrame:
+        """Few-shot weights of the users in ``data`` with everything shared frozen; the model is unchanged.
 
-        New users are added to the model; known users are re-fitted from these rows alone. Returns their
-        weights, and how many comparisons each rests on.
+        Returns one row per user: the weights (w0..w{K-1}) and how many comparisons they rest on.
         """
         self._check_fitted()
         data = self._prepare(data)
@@ -345,17 +344,24 @@ class PALEstimator:
             steps=self.adapt_steps,
             seed=self.seed,
         )
+        frame = pd.DataFrame(weights.numpy(), index=ids, columns=[f"w{k}" for k in range(weights.shape[1])])
+        frame.index.name = "user_id"
+        frame["n_comparisons"] = np.bincount(batch.user.numpy(), minlength=len(ids))
+        return frame
+
+    def adapt(self, data: DataLike, *, ridge: float | None = None) -> pd.DataFrame:
+        """``fit_weights``, then store the weights: new users are added to the model, known users are
+        re-fitted from these rows alone. Returns what ``fit_weights`` returns."""
+        frame = self.fit_weights(data, ridge=ridge)
+        weights = torch.tensor(frame.filter(regex=r"^w\d+$").to_numpy())
         logits = weights_to_logits(weights)
-        rows = self.users_.get_indexer(ids)
+        rows = self.users_.get_indexer(frame.index)
         new = rows < 0
         with torch.no_grad():
             self.model_.user_logits[torch.from_numpy(rows[~new])] = logits[torch.from_numpy(~new)]
         if new.any():
             self.model_.grow_users(int(new.sum()), logits[torch.from_numpy(new)])
-            self.users_ = self.users_.append(ids[new])
-        frame = pd.DataFrame(weights.numpy(), index=ids, columns=[f"w{k}" for k in range(weights.shape[1])])
-        frame.index.name = "user_id"
-        frame["n_comparisons"] = np.bincount(batch.user.numpy(), minlength=len(ids))
+            self.users_ = self.users_.append(frame.index[new])
         return frame
 
     # --- persistence ------------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from torch import nn
 
 import pluralign
 from pluralign.data.comparisons import PreferenceData
@@ -186,8 +185,8 @@ class Service:
             self.questions = None if questions is None else list(questions)
         else:
             self.questions = read_questions(questions)
-        # fitting: a private copy of the model (its user table is reset for every fit), one fit at a time
-        self._scratch = est.copy()
+        # fitting: on a private copy of the model (PAL-A's fit toggles requires_grad), one fit at a time
+        self._fitter = est.copy()
         self._fit_lock = threading.Lock()
         self._user_locks: dict[str, list[Any]] = {}
         self.store = StateStore(state_path)
@@ -307,10 +306,7 @@ class Service:
     def _adapt(self, data: PreferenceData) -> pd.DataFrame:
         """Few-shot fit of the users in ``data`` (already embedded) on the private model copy."""
         with self._fit_lock:
-            scratch = self._scratch
-            scratch.users_ = pd.Index([], dtype=object)
-            scratch.model_.user_logits = nn.Parameter(torch.zeros(0, self.k))
-            return scratch.adapt(data)
+            return self._fitter.fit_weights(data)
 
     def fit_and_record(
         self,

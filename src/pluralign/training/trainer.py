@@ -229,4 +229,3 @@ def fit(
         history.best_val_accuracy,
     )
     return history
-
