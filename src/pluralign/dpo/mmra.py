@@ -1,0 +1,61 @@
+"""MinMax-Regret Aggregation (EM-DPO paper): serve a user whose preference type is unknown.
+
+Given U[t, s], the value of policy s for users of type t, choose a mixture alpha over the policies that
+minimizes the worst regret over types,
+
+    min_alpha  max_t ( max_s U[t, s] - sum_s alpha_s U[t, s] ),   alpha on the simplex,
+
+a linear program in (alpha, r): minimize r subject to  best_t - U[t] . alpha <= r  for every type t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linprog
+
+
+@dataclass(frozen=True)
+class MinMaxRegret:
+    """The min-max-regret mixture over policies and what it guarantees.
+
+    ``weights`` [S] is the mixture; ``regret`` [T] each type's regret under it; ``max_regret`` their maximum
+    (the LP optimum).
+    """
+
+    weights: np.ndarray
+    regret: np.ndarray
+    max_regret: float
+
+    def sample(
+        self, n: int | None = None, *, rng: np.random.Generator | int | None = None
+    ) -> np.ndarray | int:
+        """Policy index (or ``n`` of them) drawn from the mixture: which type's policy serves a request."""
+        generator = np.random.default_rng(rng)
+        draw = generator.choice(len(self.weights), size=n, p=self.weights)
+        return int(draw) if n is None else draw
+
+
+def min_max_regret(values: np.ndarray) -> MinMaxRegret:
+    """Solve the min-max-regret mixture for a [types, policies] value matrix exactly (HiGHS LP)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
+        raise ValueError(f"values must be a non-empty [types, policies] matrix, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("values must be finite")
+    n_types, n_policies = values.shape
+    best = values.max(axis=1)
+    # variables: alpha_1..alpha_S, r;  rows: best_t - U[t] . alpha - r <= 0  <=>  -U[t] . alpha - r <= -best_t
+    cost = np.zeros(n_policies + 1)
+    cost[-1] = 1.0
+    a_ub = np.hstack([-values, -np.ones((n_types, 1))])
+    a_eq = np.hstack([np.ones((1, n_policies)), np.zeros((1, 1))])
+    bounds = [(0.0, None)] * n_policies + [(None, None)]
+    result = linprog(cost, A_ub=a_ub, b_ub=-best, A_eq=a_eq, b_eq=[1.0], bounds=bounds, method="highs")
+    if result.status != 0:  # pragma: no cover - the LP is always feasible and bounded
+        raise RuntimeError(f"min-max-regret LP failed: {result.message}")
+    weights = np.clip(result.x[:n_policies], 0.0, None)
+    weights /= weights.sum()
+    regret = best - values @ weights
+    return MinMaxRegret(weights=weights, regret=regret, max_regret=float(regret.max()))

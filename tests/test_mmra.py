@@ -1,0 +1,56 @@
+"""Min-max-regret aggregation against brute force over the simplex."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pluralign.dpo.mmra import min_max_regret
+
+
+def _grid(n_policies: int, steps: int = 60) -> np.ndarray:
+    points = [c for c in itertools.product(range(steps + 1), repeat=n_policies) if sum(c) == steps]
+    return np.array(points, dtype=np.float64) / steps
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("shape", [(2, 2), (3, 3), (4, 3), (5, 2)])
+def test_lp_matches_brute_force(seed, shape):
+    values = np.random.default_rng(seed).normal(size=shape)
+    result = min_max_regret(values)
+    grid = _grid(shape[1])
+    brute = (values.max(axis=1)[None, :] - grid @ values.T).max(axis=1).min()
+    assert result.max_regret <= brute + 1e-9  # exact LP is at least as good as any grid point
+    assert result.max_regret >= brute - 0.05  # and the grid gets close to it
+    np.testing.assert_allclose(result.weights.sum(), 1.0)
+    assert (result.weights >= 0).all()
+    np.testing.assert_allclose(result.regret, values.max(axis=1) - values @ result.weights)
+
+
+def test_two_opposed_types_get_an_even_mixture():
+    # each type loves its own policy and gets nothing from the other's: serve both half the time
+    result = min_max_regret(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    np.testing.assert_allclose(result.weights, [0.5, 0.5], atol=1e-9)
+    assert result.max_regret == pytest.approx(0.5)
+
+
+def test_a_dominant_policy_has_zero_regret():
+    result = min_max_regret(np.array([[1.0, 0.2, 0.9], [2.0, 0.5, 1.0]]))
+    np.testing.assert_allclose(result.weights, [1.0, 0.0, 0.0], atol=1e-9)
+    assert result.max_regret == pytest.approx(0.0, abs=1e-9)
+
+
+def test_sampling_follows_the_mixture():
+    result = min_max_regret(np.array([[1.0, 0.0], [0.0, 3.0]]))
+    draws = result.sample(20000, rng=0)
+    np.testing.assert_allclose(np.bincount(draws, minlength=2) / 20000, result.weights, atol=0.02)
+    assert result.sample(rng=1) in (0, 1)
+
+
+def test_bad_values():
+    with pytest.raises(ValueError, match="matrix"):
+        min_max_regret(np.zeros(3))
+    with pytest.raises(ValueError, match="finite"):
+        min_max_regret(np.array([[1.0, np.nan]]))
