@@ -302,14 +302,13 @@ class PALEstimator:
             else np.zeros((n, 0), dtype=np.float32)
         )
         rows = self.users_.get_indexer(pd.Index([str(u) for u in user_ids]))
-        weights = torch.cat([self.model_.weights().detach(), self.zero_shot_weights_.float()[None]])
-        rows = np.where(rows < 0, len(self.users_), rows)
+        rows = np.where(rows < 0, len(self.users_), rows)  # the zero-shot row
         self._check_dims(items.shape[1], contexts.shape[1])
         with torch.no_grad():
             self.model_.eval()
-            rewards = self.model_.rewards(
-                weights[torch.from_numpy(rows)], torch.from_numpy(items), torch.from_numpy(contexts)
-            )
+            # softmax only the requested users' logits, as margins() does, not the whole user table
+            weights = torch.softmax(self._logits_with_zero_shot()[torch.from_numpy(rows)], dim=-1)
+            rewards = self.model_.rewards(weights, torch.from_numpy(items), torch.from_numpy(contexts))
         return rewards.double().numpy()
 
     def copy(self) -> PALEstimator:
