@@ -1,0 +1,203 @@
+"""Preference data for the DPO family: pairs and rankings, validated, as Hugging Face datasets.
+
+A *ranking* row is ``{"user_id": ..., "prompt": ..., "responses": [best, ..., worst]}`` with at least two
+distinct responses; a pair (``chosen``, ``rejected``) is the ranking ``[chosen, rejected]``. Rankings of
+three or more responses identify latent preference types where pairs may not (EM-DPO), so the E-step scores
+a whole ranking with the Plackett-Luce likelihood. DPO trains on pairs: a ranking is broken into all of its
+ordered pairs ("full breaking", which keeps the Plackett-Luce parameters identifiable, unlike adjacent
+breaking), each carrying its ranking's user and index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pluralign.data.comparisons import PreferenceData
+from pluralign.errors import DataError
+
+__all__ = [
+    "RANKING_COLUMNS",
+    "preferences_to_rankings",
+    "rankings_from_records",
+    "rankings_to_pairs",
+    "read_rankings",
+    "tokenize_rankings",
+]
+
+RANKING_COLUMNS = ("user_id", "prompt", "responses")
+
+
+def read_rankings(path: str | Path) -> pd.DataFrame:
+    """Read rankings from JSONL (one object per line) or Parquet; pair rows (chosen/rejected) are accepted.
+
+    Returns a frame with ``user_id`` (str), ``prompt`` (str) and ``responses`` (tuple of str, best first).
+    Any bad row raises :class:`DataError` naming the file, the line (1-based; Parquet: row) and the field.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise DataError("no such file", path=where)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many types for a bad file
+            raise DataError(f"cannot read Parquet: {exc}", path=where) from exc
+        records = frame.to_dict("records")
+        lines = list(range(1, len(records) + 1))
+    elif suffix in (".jsonl", ".json"):
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text (byte {exc.start})", path=where) from exc
+        records, lines = [], []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
+                raise DataError(reason, path=where, line=number) from exc
+            if not isinstance(row, dict):
+                raise DataError("expected a JSON object", path=where, line=number)
+            records.append(row)
+            lines.append(number)
+    else:
+        raise DataError(f"unknown file type '{path.suffix}' (expected .jsonl, .json or .parquet)", path=where)
+    return rankings_from_records(records, source=where, lines=lines)
+
+
+def rankings_from_records(
+    records: Sequence[dict[str, Any]], *, source: str | None = None, lines: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Validate ranking (or pair) records into the rankings frame; errors name source, line and field."""
+    if len(records) == 0:
+        raise DataError("no ranking rows", path=source)
+    lines = list(lines) if lines is not None else list(range(1, len(records) + 1))
+    users, prompts, responses = [], [], []
+    for row, line in zip(records, lines, strict=True):
+
+        def fail(field: str, reason: str, line: int = line) -> DataError:
+            return DataError(reason, path=source, line=line, field=field)
+
+        user = row.get("user_id")
+        if isinstance(user, bool) or not isinstance(user, str | int | np.integer) or str(user) == "":
+            raise fail("user_id", f"expected a non-empty string or integer, got {_describe(user)}")
+        prompt = row.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise fail("prompt", f"expected a string, got {_describe(prompt)}")
+        if "responses" in row and row["responses"] is not None:
+            ranked = row["responses"]
+            if isinstance(ranked, np.ndarray):
+                ranked = ranked.tolist()
+            if not isinstance(ranked, list | tuple):
+                reason = f"expected a list of strings ordered best first, got {_describe(ranked)}"
+                raise fail("responses", reason)
+            field = "responses"
+        elif "chosen" in row or "rejected" in row:
+            ranked = [row.get("chosen"), row.get("rejected")]
+            field = "chosen" if not isinstance(ranked[0], str) or not ranked[0] else "rejected"
+        else:
+            raise fail("responses", "missing: give 'responses' (best first) or 'chosen' and 'rejected'")
+        for position, text in enumerate(ranked):
+            if not isinstance(text, str) or text == "":
+                name = field if field != "responses" else f"responses[{position}]"
+                raise fail(name, f"expected a non-empty string, got {_describe(text)}")
+        if len(ranked) < 2:
+            raise fail(field, f"a ranking needs at least 2 responses, got {len(ranked)}")
+        if len(set(ranked)) != len(ranked):
+            raise fail(field, "responses must be distinct (a response cannot be ranked against itself)")
+        users.append(str(user))
+        prompts.append(prompt)
+        responses.append(tuple(ranked))
+    return pd.DataFrame({"user_id": users, "prompt": prompts, "responses": responses})
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null / missing"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def preferences_to_rankings(data: PreferenceData) -> pd.DataFrame:
+    """Each comparison of a :class:`PreferenceData` as a ranking of two (its user id carried through)."""
+    frame = data.to_frame()
+    return pd.DataFrame(
+        {
+            "user_id": frame["user_id"].astype(str).to_numpy(),
+            "prompt": frame["prompt"].to_numpy(),
+            "responses": list(zip(frame["chosen"], frame["rejected"], strict=True)),
+        }
+    )
+
+
+def _ranking_lengths(rankings: pd.DataFrame) -> np.ndarray:
+    return np.fromiter((len(r) for r in rankings["responses"]), dtype=np.int64, count=len(rankings))
+
+
+def full_breaking_pairs(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ranking, better position, worse position) for every ordered pair of every ranking, vectorized."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_pairs = lengths * (lengths - 1) // 2
+    ranking = np.repeat(np.arange(len(lengths)), n_pairs)
+    # position of each pair within its ranking, then (i, j) from the upper triangle of an m x m grid
+    offset = np.arange(len(ranking)) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
+    m = lengths[ranking]
+    # row i holds m - 1 - i pairs; solve for i with the cumulative count c(i) = i (2m - i - 1) / 2
+    i = np.floor(((2 * m - 1) - np.sqrt((2 * m - 1) ** 2 - 8 * offset)) / 2).astype(np.int64)
+    start = i * (2 * m - i - 1) // 2
+    # guard floating-point round-off of the square root in either direction
+    i -= start > offset
+    i += (i + 1) * (2 * m - i - 2) // 2 <= offset
+    start = i * (2 * m - i - 1) // 2
+    j = i + 1 + (offset - start)
+    return ranking, i, j
+
+
+def rankings_to_pairs(rankings: pd.DataFrame) -> pd.DataFrame:
+    """Full breaking: every (better, worse) pair of every ranking, with ``user_id`` and ``ranking``."""
+    ranking, better, worse = full_breaking_pairs(_ranking_lengths(rankings))
+    responses = rankings["responses"].to_numpy()
+    return pd.DataFrame(
+        {
+            "user_id": rankings["user_id"].to_numpy()[ranking],
+            "prompt": rankings["prompt"].to_numpy()[ranking],
+            "chosen": [responses[r][b] for r, b in zip(ranking, better, strict=True)],
+            "rejected": [responses[r][w] for r, w in zip(ranking, worse, strict=True)],
+            "ranking": ranking,
+        }
+    )
+
+
+def tokenize_rankings(
+    tokenizer: Any, rankings: pd.DataFrame
+) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Token ids of each prompt and of each ranked response (with EOS), exactly as TRL's DPOTrainer does.
+
+    TRL tokenizes ``prompt`` and ``prompt + response + eos`` and keeps the tail as the completion; doing the
+    same here means log-probabilities computed outside the trainer (E-step, evaluation) score the very
+    tokens the trainer trained on.
+    """
+    eos = tokenizer.eos_token or ""
+    prompts = rankings["prompt"].tolist()
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    flat_text = [
+        p + (r if r.endswith(eos) else r + eos)
+        for p, rs in zip(prompts, rankings["responses"], strict=True)
+        for r in rs
+    ]
+    full_ids = tokenizer(flat_text, add_special_tokens=True)["input_ids"]
+    lengths = _ranking_lengths(rankings)
+    owner = np.repeat(np.arange(len(prompts)), lengths)
+    completions = [ids[len(prompt_ids[o]) :] for ids, o in zip(full_ids, owner, strict=True)]
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    per_ranking = [completions[bounds[r] : bounds[r + 1]] for r in range(len(prompts))]
+    return prompt_ids, per_ranking
