@@ -144,14 +144,19 @@ class PluralDPOTrainer(DPOTrainer):
             loss = (weights * per_pair).mean() * self._weight_scale
         else:
             loss = per_pair.mean()
-        self._log_batch(delta.detach(), ratios.detach())
+        self._log_batch(delta.detach(), ratios.detach(), inputs.get(WEIGHT_COLUMN))
         return (loss, {"delta": delta}) if return_outputs else loss
 
-    def _log_batch(self, delta: torch.Tensor, ratios: torch.Tensor) -> None:
+    def _log_batch(self, delta: torch.Tensor, ratios: torch.Tensor, weights: torch.Tensor | None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
         gathered = self.accelerator.gather_for_metrics(delta)
-        metrics["rewards/accuracies"].append((gathered > 0).float().mean().item())
+        if weights is None:
+            weights = torch.ones_like(delta)
+        weights = self.accelerator.gather_for_metrics(weights.to(delta.dtype))
+        # weighted by the examples' weights: for an EM-DPO M-step, the accuracy on the type's own users
+        correct = ((gathered > 0).to(delta.dtype) * weights).sum() / weights.sum().clamp_min(1e-12)
+        metrics["rewards/accuracies"].append(correct.item())
         metrics["rewards/margins"].append(self.beta * gathered.mean().item())
         chosen, rejected = self.accelerator.gather_for_metrics(ratios).unbind(0)
         metrics["rewards/chosen"].append(self.beta * chosen.mean().item())

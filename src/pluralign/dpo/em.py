@@ -1,0 +1,364 @@
+"""EM-DPO: latent preference types, one policy per type, trained by expectation-maximization.
+
+Model: each user belongs to one of T latent types (prior eta); a type t ranks responses by its implicit
+reward r_t(x, y) = beta (log pi_t(y|x) - log pi_ref(y|x)), with Plackett-Luce choice probabilities for a
+ranking y_1 > ... > y_m (Bradley-Terry when m = 2):
+
+    log P_t(ranking) = sum_{i<m} [ r_t(y_i) - logsumexp_{j>=i} r_t(y_j) ].
+
+E-step: the posterior of user u over types from the likelihood of *all* the user's rankings,
+gamma[u, t] ∝ eta_t prod_rankings P_t(ranking). M-step: for each type, DPO on the full-breaking pairs of
+every ranking with each pair weighted by its user's gamma[u, t] (:class:`PluralDPOTrainer`), then
+eta = mean_u gamma[u]. Pairwise data can leave types unidentifiable (a user's single pair fits many
+types equally); rankings of three or more responses carry more information per user.
+
+Policies are full copies of the model, or, given a PEFT config, one LoRA adapter per type on one shared
+base (the reference is the base with adapters disabled). Reference log-probs are computed once.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+from trl import DPOConfig
+
+from pluralign.dpo.data import full_breaking_pairs, tokenize_rankings
+from pluralign.dpo.logps import completion_logps
+from pluralign.dpo.mmra import MinMaxRegret, min_max_regret
+from pluralign.dpo.trainers import WEIGHT_COLUMN, PluralDPOTrainer
+
+__all__ = ["EMDPOTrainer", "MixturePolicy", "plackett_luce_log_likelihood", "type_posteriors"]
+
+log = logging.getLogger(__name__)
+
+
+def plackett_luce_log_likelihood(rewards: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """log P(ranking) under Plackett-Luce for rankings stored best first in a padded [..., R, M] tensor.
+
+    ``rewards[..., r, i]`` is the reward of ranking r's i-th best response (entries at i >= lengths[r] are
+    ignored); returns [..., R]. For m = 2 this is Bradley-Terry's log sigmoid(r_1 - r_2).
+    """
+    width = rewards.shape[-1]
+    valid = torch.arange(width, device=rewards.device) < lengths.unsqueeze(-1)
+    masked = rewards.masked_fill(~valid, -math.inf)
+    # logsumexp over the not-yet-chosen responses j >= i: a reversed cumulative logsumexp
+    tail = torch.logcumsumexp(masked.flip(-1), dim=-1).flip(-1)
+    terms = (masked - tail).masked_fill(~valid, 0.0)
+    # the last response is chosen with probability 1 (its term is 0)
+    return terms.sum(-1)
+
+
+def type_posteriors(
+    log_likelihood: np.ndarray, users: np.ndarray, n_users: int, log_prior: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior [U, T], per-user log-likelihood [U, T]) from per-ranking log-likelihoods [R, T]."""
+    per_user = np.zeros((n_users, log_likelihood.shape[1]))
+    np.add.at(per_user, users, log_likelihood)
+    joint = per_user + log_prior
+    joint -= joint.max(axis=1, keepdims=True)
+    posterior = np.exp(joint)
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    return posterior, per_user
+
+
+@dataclass
+class MixturePolicy:
+    """Serve a user of unknown type: draw a type policy from the MMRA mixture, then generate with it."""
+
+    trainer: EMDPOTrainer
+    weights: np.ndarray
+
+    def sample_policy(self, rng: np.random.Generator | int | None = None) -> int:
+        """The type whose policy answers this request, drawn from the mixture weights."""
+        return int(np.random.default_rng(rng).choice(len(self.weights), p=self.weights))
+
+    def generate(self, *args: Any, rng: np.random.Generator | int | None = None, **kwargs: Any) -> Any:
+        """``model.generate(*args, **kwargs)`` with the sampled type's policy."""
+        with torch.no_grad():
+            return self.trainer.policy(self.sample_policy(rng)).generate(*args, **kwargs)
+
+
+class EMDPOTrainer:
+    """EM over latent preference types with one DPO policy per type (TRL ``DPOConfig`` for the M-steps).
+
+    ``train_dataset`` holds ``user_id``, ``prompt`` and either ``responses`` (best first) or ``chosen`` /
+    ``rejected`` (an HF ``Dataset`` or a pandas frame; :func:`pluralign.dpo.data.read_rankings` reads
+    files). ``args`` configures each M-step's ``PluralDPOTrainer`` (``args.beta`` is also the E-step's beta);
+    ``args.output_dir`` receives ``type_<t>/`` per policy on :meth:`save_model`.
+
+    ``init`` chooses the starting posteriors: "disagreement" (default) trains one DPO policy on all data,
+    then splits users into T equal groups by how well it explains them (the worst-explained users seed the
+    minority types); "random" draws them from a flat Dirichlet. Fitted attributes: ``posteriors_`` (users x
+    types frame), ``eta_``, ``history_`` (per iteration: mean log-likelihood, eta, assignment changes).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        args: DPOConfig,
+        train_dataset: Dataset | pd.DataFrame,
+        processing_class: Any,
+        n_types: int = 2,
+        n_iterations: int = 3,
+        init: str = "disagreement",
+        peft_config: Any = None,
+        score_batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(n_types, bool) or not isinstance(n_types, int) or n_types < 1:
+            raise ValueError(f"n_types must be a positive integer, got {n_types!r}")
+        if isinstance(n_iterations, bool) or not isinstance(n_iterations, int) or n_iterations < 1:
+            raise ValueError(f"n_iterations must be a positive integer, got {n_iterations!r}")
+        if init not in ("disagreement", "random"):
+            raise ValueError(f"init must be 'disagreement' or 'random', got {init!r}")
+        self.args = args
+        self.tokenizer = processing_class
+        self.n_types = n_types
+        self.n_iterations = n_iterations
+        self.init = init
+        self.score_batch_size = score_batch_size
+        self.seed = seed
+        self.rankings = _as_rankings(train_dataset)
+        self.users_, self._user_index = np.unique(self.rankings["user_id"].to_numpy(), return_inverse=True)
+        self._build_policies(model, peft_config)
+        self._tokenize()
+        self.ref_logps_ = self._score(None)
+        self.posteriors_: pd.DataFrame | None = None
+        self.eta_: np.ndarray | None = None
+        self.history_: list[dict[str, Any]] = []
+
+    # --- policies -------------------------------------------------------------------------------------
+    def _build_policies(self, model: Any, peft_config: Any) -> None:
+        self._peft_config = peft_config
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            self._shared = get_peft_model(model, peft_config, adapter_name="type_0")
+            for t in range(1, self.n_types):
+                self._shared.add_adapter(f"type_{t}", peft_config)
+            self._policies: list[Any] = []
+            self._reference = None
+        else:
+            self._reference = model
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._policies = [self._fresh_copy() for _ in range(self.n_types)]
+
+    @property
+    def _peft(self) -> bool:
+        return self._peft_config is not None
+
+    def _fresh_copy(self) -> Any:
+        policy = copy.deepcopy(self._reference)
+        for p in policy.parameters():
+            p.requires_grad_(True)
+        return policy
+
+    def policy(self, t: int) -> Any:
+        """The model that acts as type ``t``'s policy (for PEFT: the shared model with adapter t active)."""
+        if not 0 <= t < self.n_types:
+            raise ValueError(f"type {t} out of range 0..{self.n_types - 1}")
+        if self._peft:
+            self._shared.set_adapter(f"type_{t}")
+            return self._shared
+        return self._policies[t]
+
+    # --- data -----------------------------------------------------------------------------------------
+    def _tokenize(self) -> None:
+        prompt_ids, response_ids = tokenize_rankings(self.tokenizer, self.rankings)
+        self._lengths = np.array([len(r) for r in response_ids], dtype=np.int64)
+        self._owner = np.repeat(np.arange(len(self.rankings)), self._lengths)  # ranking of each response
+        self._prompt_ids = [prompt_ids[o] for o in self._owner]
+        self._response_ids = [ids for ranking in response_ids for ids in ranking]
+        self._offsets = np.concatenate([[0], np.cumsum(self._lengths)])
+        ranking, better, worse = full_breaking_pairs(self._lengths)
+        self._pair_ranking = ranking
+        self._pair_better = self._offsets[ranking] + better  # flat response indices
+        self._pair_worse = self._offsets[ranking] + worse
+
+    def _score(self, t: int | None) -> torch.Tensor:
+        """log pi(y|x) of every ranked response under type t's policy (None: the reference)."""
+        if t is None:
+            if self._peft:
+                with self._shared.disable_adapter():
+                    return self._score_model(self._shared, "reference")
+            return self._score_model(self._reference, "reference")
+        return self._score_model(self.policy(t), f"type {t}")
+
+    def _score_model(self, model: Any, name: str) -> torch.Tensor:
+        return completion_logps(
+            model,
+            self._prompt_ids,
+            self._response_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            batch_size=self.score_batch_size,
+            progress=True,
+            desc=f"scoring responses ({name})",
+        )
+
+    def _pair_dataset(self, weights: np.ndarray | None) -> Dataset:
+        pr, b, w = self._pair_ranking, self._pair_better, self._pair_worse
+        columns: dict[str, Any] = {
+            "prompt_ids": [self._prompt_ids[i] for i in b],
+            "chosen_ids": [self._response_ids[i] for i in b],
+            "rejected_ids": [self._response_ids[i] for i in w],
+            "ref_chosen_logps": self.ref_logps_[b].tolist(),
+            "ref_rejected_logps": self.ref_logps_[w].tolist(),
+            "user_id": self.rankings["user_id"].to_numpy()[pr].tolist(),
+        }
+        if weights is not None:
+            columns[WEIGHT_COLUMN] = weights[self._user_index[pr]].tolist()
+        return Dataset.from_dict(columns)
+
+    # --- EM ---------------------------------------------------------------------------------------------
+    def rewards(self, t: int) -> torch.Tensor:
+        """Implicit rewards beta (log pi_t - log pi_ref) of every ranked response under type t."""
+        return self.args.beta * (self._score(t) - self.ref_logps_)
+
+    def _padded(self, flat: torch.Tensor) -> torch.Tensor:
+        width = int(self._lengths.max())
+        out = torch.zeros((len(self._lengths), width), dtype=flat.dtype)
+        position = np.arange(len(flat)) - self._offsets[self._owner]
+        out[torch.as_tensor(self._owner), torch.as_tensor(position)] = flat
+        return out
+
+    def ranking_log_likelihood(self) -> np.ndarray:
+        """Plackett-Luce log-likelihood [rankings, types] of every training ranking under every type."""
+        rewards = torch.stack([self._padded(self.rewards(t)) for t in range(self.n_types)])
+        ll = plackett_luce_log_likelihood(rewards.double(), torch.as_tensor(self._lengths))
+        return ll.T.numpy()
+
+    def _m_step(self, model: Any, weights: np.ndarray | None, name: str) -> None:
+        args = replace(
+            self.args,
+            output_dir=str(Path(self.args.output_dir) / name),
+            precompute_ref_log_probs=True,
+            save_strategy="no",
+        )
+        trainer = PluralDPOTrainer(
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=self._pair_dataset(weights),
+            processing_class=self.tokenizer,
+        )
+        trainer.train()
+
+    def _initial_posteriors(self) -> np.ndarray:
+        n_users, n_types = len(self.users_), self.n_types
+        rng = np.random.default_rng(self.seed)
+        if n_types == 1:
+            return np.ones((n_users, 1))
+        if self.init == "random":
+            return rng.dirichlet(np.ones(n_types), size=n_users)
+        # one pooled DPO policy on all data (a temporary copy or adapter), then users ranked by its fit
+        if self._peft:
+            self._shared.add_adapter("pooled", self._peft_config)
+            self._shared.set_adapter("pooled")
+            pooled_model = self._shared
+        else:
+            pooled_model = self._fresh_copy()
+        self._m_step(pooled_model, None, "pooled")
+        rewards = self.args.beta * (self._score_model(pooled_model, "pooled") - self.ref_logps_)
+        if self._peft:
+            self._shared.set_adapter("type_0")
+            self._shared.delete_adapter("pooled")
+        del pooled_model
+        pooled = plackett_luce_log_likelihood(self._padded(rewards).double(), torch.as_tensor(self._lengths))
+        per_user = np.bincount(self._user_index, weights=pooled.numpy(), minlength=n_users)
+        per_user /= np.bincount(self._user_index, minlength=n_users)
+        order = np.lexsort((rng.random(n_users), -per_user))  # best explained first, ties at random
+        groups = np.empty(n_users, dtype=np.int64)
+        groups[order] = np.arange(n_users) * n_types // n_users
+        posterior = np.full((n_users, n_types), 0.1 / (n_types - 1))
+        posterior[np.arange(n_users), groups] = 0.9
+        return posterior
+
+    def train(self) -> EMDPOTrainer:
+        """Run EM: initial posteriors, then ``n_iterations`` of (M-step per type, E-step)."""
+        gamma = self._initial_posteriors()
+        eta = gamma.mean(axis=0)
+        for iteration in range(1, self.n_iterations + 1):
+            for t in range(self.n_types):
+                self._m_step(self.policy(t), gamma[:, t], f"iter_{iteration}/type_{t}")
+            ll = self.ranking_log_likelihood()
+            new_gamma, per_user = type_posteriors(ll, self._user_index, len(self.users_), np.log(eta))
+            changed = int((new_gamma.argmax(1) != gamma.argmax(1)).sum())
+            gamma, eta = new_gamma, new_gamma.mean(axis=0)
+            record = {
+                "iteration": iteration,
+                "mean_log_likelihood": float((per_user * gamma).sum() / len(self.rankings)),
+                "eta": eta.round(4).tolist(),
+                "assignments_changed": changed,
+            }
+            self.history_.append(record)
+            log.info("EM-DPO iteration %d: %s", iteration, record)
+        columns = [f"type_{t}" for t in range(self.n_types)]
+        self.posteriors_ = pd.DataFrame(gamma, index=pd.Index(self.users_, name="user_id"), columns=columns)
+        self.eta_ = eta
+        return self
+
+    # --- serving ------------------------------------------------------------------------------------------
+    def assignments(self) -> pd.Series:
+        """Most probable type of each training user."""
+        if self.posteriors_ is None:
+            raise RuntimeError("call train() first")
+        return self.posteriors_.idxmax(axis=1).str.removeprefix("type_").astype(int)
+
+    def mmra(self, values: np.ndarray | None = None) -> tuple[MinMaxRegret, MixturePolicy]:
+        """Min-max-regret mixture over the type policies, and a policy that serves from it.
+
+        ``values[t, s]`` is the value of policy s for type t; by default the expected implicit reward of type
+        t when policy s picks among each training ranking's responses (its log-probs renormalized over them).
+        """
+        if values is None:
+            values = self.value_matrix()
+        result = min_max_regret(values)
+        return result, MixturePolicy(self, result.weights)
+
+    def value_matrix(self) -> np.ndarray:
+        """U[t, s]: mean over rankings of E_{y ~ pi_s restricted to the ranking's responses}[r_t(y)]."""
+        scores = [self._score(t) for t in range(self.n_types)]
+        rewards = torch.stack([self.args.beta * (s - self.ref_logps_) for s in scores])  # [T, N]
+        padded_logps = torch.stack([self._padded(s).double() for s in scores])  # [S, R, M]
+        valid = torch.arange(padded_logps.shape[-1]) < torch.as_tensor(self._lengths).unsqueeze(-1)
+        choice = torch.softmax(padded_logps.masked_fill(~valid, -math.inf), dim=-1)  # [S, R, M]
+        padded_rewards = torch.stack([self._padded(r).double() for r in rewards])  # [T, R, M]
+        return torch.einsum("srm,trm->ts", choice, padded_rewards).numpy() / len(self._lengths)
+
+    def save_model(self, output_dir: str | Path | None = None) -> Path:
+        """Each type's policy (or adapter) under ``output_dir/type_<t>``, plus posteriors and priors."""
+        from pluralign.atomic import atomic_write_json
+
+        target = Path(output_dir or self.args.output_dir)
+        for t in range(self.n_types):
+            self.policy(t).save_pretrained(target / f"type_{t}")
+        if self.posteriors_ is not None:
+            atomic_write_json(
+                target / "em_dpo.json",
+                {
+                    "eta": self.eta_.tolist(),
+                    "history": self.history_,
+                    "posteriors": dict(zip(self.users_, self.posteriors_.to_numpy().tolist(), strict=True)),
+                },
+            )
+        return target
+
+
+def _as_rankings(data: Dataset | pd.DataFrame) -> pd.DataFrame:
+    from pluralign.dpo.data import rankings_from_records
+
+    frame = data.to_pandas() if isinstance(data, Dataset) else data
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"train_dataset must be a datasets.Dataset or a pandas DataFrame, got {type(data)}")
+    return rankings_from_records(frame.to_dict("records"), source="train_dataset")
