@@ -343,11 +343,20 @@ def embed(
     )
 
 
+#: the run's options, written by `pluralign train --out RUN` and read back by `--resume RUN`
+RUN_FILE = "train.json"
+CHECKPOINTS = "checkpoints"
+
+
 @app.command()
 @command
 def train(
-    train_data: Annotated[Path, typer.Argument(metavar="TRAIN", help="Training preferences.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (model/ + metrics.jsonl).")],
+    train_data: Annotated[
+        Path | None, typer.Argument(metavar="[TRAIN]", help="Training preferences (not with --resume).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (model/ + metrics.jsonl).")
+    ] = None,
     val: Annotated[Path | None, typer.Option(help="Validation preferences (early stopping).")] = None,
     model: Annotated[ModelKind, typer.Option(help="Model family.")] = ModelKind.pal_b,
     k: Annotated[int, typer.Option("--k", help="Number of prototypes K.")] = 3,
@@ -359,52 +368,148 @@ def train(
     no_bias: Annotated[bool, typer.Option("--no-bias", help="Linear layers without bias.")] = False,
     loss: Annotated[Loss, typer.Option(help="Loss on the reward margin.")] = Loss.logistic,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 100,
-    batch_size: Annotated[int, typer.Option(help="Comparisons per step.")] = 1024,
+    batch_size: Annotated[
+        int, typer.Option(help="Comparisons per step (global, over all processes).")
+    ] = 1024,
     lr_maps: Annotated[float, typer.Option(help="Learning rate of f (and g).")] = 5e-4,
     wd_maps: Annotated[float, typer.Option(help="Weight decay of f (and g).")] = 1e-3,
     lr_prototypes: Annotated[float, typer.Option(help="Learning rate of the prototypes.")] = 5e-3,
     lr_users: Annotated[float, typer.Option(help="Learning rate of the user weights.")] = 5e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs (0: off).")] = 10,
+    rows_per_context: Annotated[
+        int | None, typer.Option(help="Build batches from runs of this many rows sharing a prompt.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     encoder: EncoderOpt = None,
     cache: CacheOpt = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Checkpoint every N steps into OUT/checkpoints (resumable).")
+    ] = None,
+    checkpoint_seconds: Annotated[
+        float | None, typer.Option(help="Checkpoint every S seconds into OUT/checkpoints (resumable).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory from its last checkpoint (its saved options)."),
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Processes on this machine (data parallel via torchrun; 1: no torchrun).")
+    ] = 1,
     verbose: Verbose = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Train a personalized reward model and save it to OUT/model."""
+    """Train a personalized reward model and save it to OUT/model (resumable, data parallel)."""
+    options = {k_: v for k_, v in locals().items() if k_ not in {"resume", "nproc", "verbose", "as_json"}}
     _setup(verbose)
-    from pluralign.estimator import BTL, PALA, PALB
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_relaunch_with_torchrun(nproc))
+    if resume is not None:
+        if train_data is not None or out is not None:
+            raise PluralignError(
+                f"--resume reads the options saved in {resume / RUN_FILE}: give no TRAIN file or --out"
+            )
+        options = _read_run_options(resume)
+        out = resume
+    elif train_data is None or out is None:
+        raise PluralignError("give the TRAIN file and --out RUN_DIR (or --resume RUN_DIR)")
+    else:
+        options = {
+            k_: str(v.resolve()) if isinstance(v, Path) else getattr(v, "value", v)
+            for k_, v in options.items()
+        }
+        if encoder is not None and Path(encoder).exists():
+            options["encoder"] = str(Path(encoder).resolve())  # --resume may run from another directory
+    _train_run(options, out, resume is not None, as_json)
 
+
+def _relaunch_with_torchrun(nproc: int) -> int:
+    """Run this same command under torchrun with ``nproc`` local processes; returns its exit code."""
+    import subprocess
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*launcher, "-m", "pluralign.cli", *argv])
+
+
+def _read_run_options(run: Path) -> dict[str, Any]:
+    path = run / RUN_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        options = saved["options"]
+    except FileNotFoundError:
+        raise PluralignError(f"{run}: no {RUN_FILE}; was it trained with `pluralign train --out`?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PluralignError(f"{path}: unreadable run options ({exc})") from None
+    if saved.get("status") == "finished":
+        raise PluralignError(f"{run}: this run already finished; its model is in {run / 'model'}")
+    if not (options.get("checkpoint_every") or options.get("checkpoint_seconds")):
+        raise PluralignError(
+            f"{run}: trained without --checkpoint-every/--checkpoint-seconds: nothing to resume"
+        )
+    return options
+
+
+def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) -> None:
+    """Train from the CLI options (a fresh run or a resumed one); only rank 0 writes files and prints."""
+    from pluralign.atomic import atomic_write_json
+    from pluralign.estimator import BTL, PALA, PALB
+    from pluralign.training.distributed import init_from_env, shutdown
+
+    ddp = init_from_env()
+    kind = ModelKind(options["model"])
+    checkpointed = bool(options["checkpoint_every"] or options["checkpoint_seconds"])
     params: dict[str, Any] = {
-        "f_layers": f_layers,
-        "g_layers": g_layers,
-        "hidden": hidden,
-        "dropout": dropout,
-        "bias": not no_bias,
-        "loss": loss.value,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr_maps": lr_maps,
-        "wd_maps": wd_maps,
-        "lr_prototypes": lr_prototypes,
-        "lr_users": lr_users,
-        "patience": patience or None,
-        "seed": seed,
-        "encoder": encoder,
-        "cache_dir": cache,
+        "f_layers": options["f_layers"],
+        "g_layers": options["g_layers"],
+        "hidden": options["hidden"],
+        "dropout": options["dropout"],
+        "bias": not options["no_bias"],
+        "loss": options["loss"],
+        "epochs": options["epochs"],
+        "batch_size": options["batch_size"],
+        "lr_maps": options["lr_maps"],
+        "wd_maps": options["wd_maps"],
+        "lr_prototypes": options["lr_prototypes"],
+        "lr_users": options["lr_users"],
+        "patience": options["patience"] or None,
+        "rows_per_context": options.get("rows_per_context"),
+        "seed": options["seed"],
+        "encoder": options["encoder"],
+        "cache_dir": options["cache"],
         "progress": True,
         "metrics_path": out / "metrics.jsonl",
+        "checkpoint_dir": out / CHECKPOINTS if checkpointed else None,
+        "checkpoint_every": options["checkpoint_every"],
+        "checkpoint_seconds": options["checkpoint_seconds"],
     }
-    if model is ModelKind.btl:
+    if kind is ModelKind.btl:
         est = BTL(**params)
     else:
-        est = (PALA if model is ModelKind.pal_a else PALB)(n_prototypes=k, dim=dim, **params)
-    est.fit(train_data, val)
+        est = (PALA if kind is ModelKind.pal_a else PALB)(
+            n_prototypes=options["k"], dim=options["dim"], **params
+        )
+    run_file = {"command": "pluralign train", "options": options, "world_size": ddp.world_size}
+    if ddp.is_main and not resume:
+        atomic_write_json(out / RUN_FILE, {**run_file, "status": "running"})
+    try:
+        est.fit(options["train_data"], options["val"], resume=resume)
+    finally:
+        shutdown()
+    if not ddp.is_main:
+        return
     est.save(out / "model")
+    atomic_write_json(out / RUN_FILE, {**run_file, "status": "finished"})
     history = est.history_
     last = history.epochs[-1]
     row = {
-        "model": model.value,
+        "model": kind.value,
         "K": est.n_prototypes,
         "users": len(est.users_),
         "epochs": len(history.epochs),
@@ -413,6 +518,8 @@ def train(
         "seconds": round(history.seconds, 2),
         "comparisons/s": round(history.comparisons_per_second),
     }
+    if ddp.world_size > 1:
+        row["processes"] = ddp.world_size
     emit([row], as_json, title=f"training (saved to {out / 'model'})")
 
 
@@ -573,3 +680,7 @@ for _name, _summary in BENCHMARKS.items():
 
 def main() -> None:  # pragma: no cover - console entry
     app()
+
+
+if __name__ == "__main__":  # `python -m pluralign.cli` (what torchrun launches)
+    main()

@@ -9,9 +9,10 @@ an underscore.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ from pluralign.models.mlp import MLPConfig
 from pluralign.models.pal_a import PALAModel
 from pluralign.models.pal_b import PALBModel
 from pluralign.training.adaptation import fit_user_weights, weights_to_logits, zero_shot_weights
+from pluralign.training.losses import PREFIX_LOSSES
 from pluralign.training.trainer import History, TrainConfig, fit, predict_margins
 
 logger = logging.getLogger(__name__)
@@ -66,11 +68,15 @@ class PALEstimator:
         rows_per_context: int | None = None,
         seed: int = 0,
         encoder: Encoder | str | dict | None = None,
+        context_encoder: Encoder | str | dict | None = None,
         cache_dir: str | Path | None = None,
         adapt_ridge: float = 1.0,
         adapt_steps: int = 300,
         progress: bool = False,
         metrics_path: str | Path | None = None,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_seconds: float | None = None,
     ) -> None:
         self.n_prototypes = n_prototypes
         self.dim = dim
@@ -92,11 +98,15 @@ class PALEstimator:
         self.rows_per_context = rows_per_context
         self.seed = seed
         self.encoder = encoder
+        self.context_encoder = context_encoder
         self.cache_dir = cache_dir
         self.adapt_ridge = adapt_ridge
         self.adapt_steps = adapt_steps
         self.progress = progress
         self.metrics_path = metrics_path
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
 
     # --- parameters -------------------------------------------------------------------------------------
     @classmethod
@@ -112,8 +122,8 @@ class PALEstimator:
             if name not in self._param_names():
                 raise ValueError(f"{type(self).__name__} has no parameter '{name}'")
             setattr(self, name, value)
-        if {"encoder", "cache_dir"} & params.keys():
-            self.encoder_ = self.cache_ = None  # rebuilt on next use
+        if {"encoder", "context_encoder", "cache_dir"} & params.keys():
+            self.encoder_ = self.cache_ = self.context_encoder_ = self.context_cache_ = None  # rebuilt on use
         return self
 
     def __repr__(self) -> str:
@@ -135,6 +145,21 @@ class PALEstimator:
             self.cache_ = open_cache(self.cache_dir, self._get_encoder())
         return self.cache_
 
+    def _get_context_encoder(self) -> Encoder:
+        """The prompts' encoder: ``context_encoder``, or the items' encoder when that is None."""
+        if self.context_encoder is None:
+            return self._get_encoder()
+        if getattr(self, "context_encoder_", None) is None:
+            self.context_encoder_ = encoder_from_spec(self.context_encoder)
+        return self.context_encoder_
+
+    def _get_context_cache(self) -> EmbeddingCache | None:
+        if self.context_encoder is None or self.cache_dir is None:
+            return self._get_cache()
+        if getattr(self, "context_cache_", None) is None:
+            self.context_cache_ = open_cache(self.cache_dir, self._get_context_encoder())
+        return self.context_cache_
+
     def _prepare(self, data: DataLike) -> PreferenceData:
         if not isinstance(data, PreferenceData):
             data = read_preferences(data)
@@ -146,7 +171,14 @@ class PALEstimator:
             # No prompts at all (or a model trained without them): contexts carry no features.
             items = embed_texts(list(data.items), encoder, cache=cache, show_progress=self.progress)
             return data.with_vectors(items, np.zeros((len(data.contexts), 0), dtype=np.float32))
-        return embed_data(data, encoder, cache=cache, show_progress=self.progress)
+        return embed_data(
+            data,
+            encoder,
+            cache=cache,
+            context_encoder=self._get_context_encoder(),
+            context_cache=self._get_context_cache(),
+            show_progress=self.progress,
+        )
 
     def _check_dims(self, item_dim: int, context_dim: int, source: str | None = None) -> None:
         if hasattr(self, "item_dim_") and (item_dim, context_dim) != (self.item_dim_, self.context_dim_):
@@ -196,11 +228,17 @@ class PALEstimator:
             seed=self.seed,
             progress=self.progress,
             metrics_path=None if self.metrics_path is None else str(self.metrics_path),
+            checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_seconds=self.checkpoint_seconds,
         )
 
-    def fit(self, train: DataLike, val: DataLike | None = None) -> PALEstimator:
-        """Learn the shared maps, prototypes and every training user's weights."""
-        config = self._train_config()
+    def fit(self, train: DataLike, val: DataLike | None = None, *, resume: bool = False) -> PALEstimator:
+        """Learn the shared maps, prototypes and every training user's weights.
+
+        ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` (same data and settings).
+        """
+        config = dataclasses.replace(self._train_config(), resume=resume)
         train = self._prepare(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
@@ -224,7 +262,14 @@ class PALEstimator:
                     len(val),
                 )
             val_part = (self._batch(val.subset(known), users[known]), self._tables(val))
-        self.history_: History = fit(self.model_, train_part, val_part, config)
+        if self.loss in PREFIX_LOSSES:  # needs token-level features: the cumulative-loss loop
+            from pluralign.training.large import fit_tiny_prefixes
+
+            self.history_: History = fit_tiny_prefixes(
+                self.model_, train, train_part, val_part, config, self._get_encoder(), self.cache_dir
+            )
+        else:
+            self.history_ = fit(self.model_, train_part, val_part, config)
         self.zero_shot_weights_ = zero_shot_weights(self.model_, self.n_seen_users_)
         return self
 
@@ -297,7 +342,7 @@ class PALEstimator:
         encoder, cache = self._get_encoder(), self._get_cache()
         items = embed_texts(responses, encoder, cache=cache)
         contexts = (
-            embed_texts(prompts, encoder, cache=cache)
+            embed_texts(prompts, self._get_context_encoder(), cache=self._get_context_cache())
             if self.context_dim_
             else np.zeros((n, 0), dtype=np.float32)
         )
@@ -307,7 +352,7 @@ class PALEstimator:
         with torch.no_grad():
             self.model_.eval()
             # softmax only the requested users' logits, as margins() does, not the whole user table
-            weights = torch.softmax(self._logits_with_zero_shot()[torch.from_numpy(rows)], dim=-1)
+            weights = self.model_.weights(self._logits_with_zero_shot()[torch.from_numpy(rows)])
             rewards = self.model_.rewards(weights, torch.from_numpy(items), torch.from_numpy(contexts))
         return rewards.double().numpy()
 
@@ -363,14 +408,26 @@ class PALEstimator:
             self.users_ = self.users_.append(frame.index[new])
         return frame
 
+    def grow(self, data: DataLike, n_new: int = 1, **options: Any) -> Any:
+        """Add ``n_new`` prototypes for the new users of ``data`` that the current ones explain poorly,
+        keeping every existing parameter and user prediction exactly; all users of ``data`` are added.
+        ``options`` (``reference``, ``users``, ``rule``, ``epochs``, ...): see
+        ``pluralign.training.growth.grow_estimator``. Returns a ``GrowReport``."""
+        from pluralign.training.growth import grow_estimator
+
+        return grow_estimator(self, data, n_new, **options)
+
     # --- persistence ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write config.json, model.safetensors and users.json to ``directory`` (atomically)."""
         self._check_fitted()
         params = self.get_params()
         params["encoder"] = encoder_spec(self.encoder_ if getattr(self, "encoder_", None) else self.encoder)
+        if self.context_encoder is not None:
+            params["context_encoder"] = encoder_spec(self._get_context_encoder())
         params["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
         params["metrics_path"] = None if self.metrics_path is None else str(self.metrics_path)
+        params["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
         config = {
             "estimator": type(self).__name__,
             "model_kind": self.model_.kind,
@@ -384,15 +441,24 @@ class PALEstimator:
                 "epochs": len(self.history_.epochs),
             },
         }
+        if getattr(self.model_, "prototype_blocks", None) is not None:  # grown (training/growth.py)
+            config["prototype_blocks"] = list(self.model_.prototype_blocks)
         tensors = dict(self.model_.state_dict())
         tensors["zero_shot_weights"] = self.zero_shot_weights_.double()
-        return save_checkpoint(directory, config, tensors, list(self.users_))
+        return save_checkpoint(directory, config, tensors, list(self.users_), self._extend_checkpoint(config))
+
+    def _extend_checkpoint(self, config: dict[str, Any]) -> Callable[[Path], dict[str, Any]] | None:
+        """Hook for subclasses (PAL-Large): edit ``config`` and return a writer of extra files."""
+        return None
+
+    def _restore(self, directory: Path, config: dict[str, Any]) -> None:
+        """Hook for subclasses (PAL-Large): load what ``_extend_checkpoint`` wrote."""
 
     @classmethod
     def load(cls, directory: str | Path) -> PALEstimator:
         """Load a checkpoint written by ``save``; ``PALEstimator.load`` picks the right class."""
         config, tensors, users = load_checkpoint(directory)
-        target = ESTIMATORS.get(config.get("estimator", ""))
+        target = ESTIMATORS.get(config.get("estimator", "")) or _large_estimators().get(config.get("estimator"))
         if target is None:
             raise CheckpointError(f"{directory}: unknown estimator '{config.get('estimator')}'")
         if cls is not PALEstimator and target is not cls:
@@ -405,7 +471,12 @@ class PALEstimator:
             est.n_seen_users_ = int(config["n_seen_users"])
             est.zero_shot_weights_ = tensors.pop("zero_shot_weights")
             est.model_ = est._build_model(len(users), est.item_dim_, est.context_dim_)
+            if config.get("prototype_blocks") is not None:
+                from pluralign.models.grown import make_blockwise
+
+                make_blockwise(est.model_, config["prototype_blocks"])
             est.model_.load_state_dict(tensors, strict=True)
+            est._restore(Path(directory), config)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{directory}: checkpoint does not match its config ({exc})") from None
         est.model_.eval()
@@ -461,3 +532,10 @@ class BTL(PALEstimator):
 
 
 ESTIMATORS: dict[str, type[PALEstimator]] = {"PALA": PALA, "PALB": PALB, "BTL": BTL}
+
+
+def _large_estimators() -> dict[str, type[PALEstimator]]:
+    """PAL-Large classes, imported on demand (they live in estimator_large.py, which imports this module)."""
+    from pluralign.estimator_large import LARGE_ESTIMATORS
+
+    return LARGE_ESTIMATORS

@@ -1,5 +1,6 @@
 """Fit loop: index-based shuffled batches, AdamW with a learning rate per parameter group, early stopping
-on validation accuracy, tqdm progress and per-epoch metrics as JSON lines."""
+on validation accuracy, tqdm progress and per-epoch metrics as JSON lines. Optionally checkpointed for
+exact resumption (training/resume.py) and data parallel under torch.distributed (training/distributed.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pluralign.models.base import Batch, PreferenceModel, Tables
-from pluralign.training.losses import accuracy, get_loss
+from pluralign.training.distributed import DistContext
+from pluralign.training.losses import LossFn, accuracy, get_loss
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,13 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     metrics_path: str | None = None
+    #: directory of resumable checkpoints (None: no checkpoints); see pluralign.training.resume
+    checkpoint_dir: str | None = None
+    #: checkpoint every this many optimizer steps and/or seconds (None: not by that measure)
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = None
+    #: continue from the newest checkpoint in checkpoint_dir (an error if there is none)
+    resume: bool = False
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
@@ -57,6 +66,12 @@ class TrainConfig:
             raise ValueError(f"rows_per_context must be >= 1 or None, got {self.rows_per_context}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
+        if self.checkpoint_seconds is not None and not self.checkpoint_seconds > 0:
+            raise ValueError(f"checkpoint_seconds must be > 0 or None, got {self.checkpoint_seconds}")
+        if (self.checkpoint_every or self.checkpoint_seconds or self.resume) and not self.checkpoint_dir:
+            raise ValueError("checkpoint_every, checkpoint_seconds and resume need a checkpoint_dir")
 
 
 @dataclass
@@ -138,13 +153,19 @@ def fit(
     val: tuple[Batch, Tables] | None = None,
     config: TrainConfig | None = None,
 ) -> History:
-    """Train ``model`` in place; with ``val``, keep the weights of the best validation epoch."""
+    """Train ``model`` in place; with ``val``, keep the weights of the best validation epoch.
+
+    Under torch.distributed every rank trains on its shard of each global batch (training/distributed.py);
+    with ``config.checkpoint_dir`` the loop checkpoints and can resume exactly (training/resume.py).
+    """
     config = config or TrainConfig()
     loss_fn = get_loss(config.loss)
     batch, tables = train
     n = len(batch)
     if n == 0:
         raise ValueError("no training comparisons")
+    ddp = DistContext.current()
+    ddp.broadcast_parameters(model)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -152,31 +173,83 @@ def fit(
     history = History()
     best_state: dict | None = None
     stale = 0
+    first_epoch, first_step, global_step, elapsed = 1, 0, 0, 0.0
+    loss_sum, correct = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    checkpoints = None
+    if config.checkpoint_dir:
+        from pluralign.training.resume import Checkpointer, TrainState
+
+        checkpoints = Checkpointer(config, model, optimizer, train, val, ddp)
+        if config.resume:
+            state = checkpoints.load()
+            history, best_state, stale, elapsed = state.history, state.best_state, state.stale, state.elapsed
+            first_epoch, first_step, global_step = state.epoch, state.step, state.global_step
+            generator.set_state(state.generator_state)
+            loss_sum, correct = state.loss_sum, state.correct
     metrics_file = None
-    if config.metrics_path:
+    if config.metrics_path and ddp.is_main:
         Path(config.metrics_path).parent.mkdir(parents=True, exist_ok=True)
         metrics_file = open(config.metrics_path, "w")  # noqa: SIM115 - closed in finally
+        metrics_file.writelines(json.dumps(record) + "\n" for record in history.epochs)  # resumed epochs
     start = time.perf_counter()
-    bar = tqdm(total=config.epochs * steps_per_epoch, disable=not config.progress, unit="step", leave=False)
+    total = config.epochs * steps_per_epoch
+    bar = tqdm(
+        total=total,
+        initial=min(global_step, total),
+        disable=not config.progress or not ddp.is_main,
+        unit="step",
+        leave=False,
+    )
     try:
         model.train()
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first_epoch, config.epochs + 1):
             epoch_start = time.perf_counter()
+            # a checkpoint stores this state and regenerates the epoch's order from it
+            epoch_rng = generator.get_state() if checkpoints else None
             order = epoch_order(batch.context, config.batch_size, config.rows_per_context, generator)
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            correct = torch.zeros((), dtype=torch.float64)
-            for s in range(0, n, config.batch_size):
-                rows = batch.take(order[s : s + config.batch_size])
+            if epoch != first_epoch or first_step == 0:
+                loss_sum = torch.zeros((), dtype=torch.float64)
+                correct = torch.zeros((), dtype=torch.float64)
+            for step in range(first_step if epoch == first_epoch else 0, steps_per_epoch):
+                global_rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+                rows = batch.take(ddp.shard(global_rows))
                 margin = model.margins(rows, tables)
-                loss = loss_fn(margin).mean()
+                if ddp.active:
+                    # each rank's share of the global batch mean; the gradient all-reduce adds them up
+                    per_row = loss_fn(margin)
+                    loss = per_row.sum() / len(global_rows)
+                else:
+                    loss = loss_fn(margin).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if ddp.active:
+                    local = torch.stack([per_row.detach().sum(), _correct(margin.detach()).float()])
+                    totals = ddp.all_reduce_gradients(params, extras=local).double()
+                    loss_sum += totals[0]
+                    correct += totals[1]
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
-                loss_sum += loss.detach() * len(rows)
-                correct += accuracy(margin.detach()) * len(rows)
+                if not ddp.active:
+                    loss_sum += loss.detach() * len(rows)
+                    correct += accuracy(margin.detach()) * len(rows)
+                global_step += 1
                 bar.update(1)
+                if checkpoints is not None and checkpoints.due(global_step):
+                    checkpoints.save(
+                        TrainState(
+                            epoch=epoch,
+                            step=step + 1,
+                            global_step=global_step,
+                            generator_state=epoch_rng,
+                            loss_sum=loss_sum,
+                            correct=correct,
+                            history=history,
+                            best_state=best_state,
+                            stale=stale,
+                            elapsed=elapsed + time.perf_counter() - start,
+                        )
+                    )
             record = {
                 "epoch": epoch,
                 "train_loss": float(loss_sum) / n,
@@ -184,9 +257,7 @@ def fit(
                 "seconds": time.perf_counter() - epoch_start,
             }
             if val is not None and len(val[0]):
-                val_margin = predict_margins(model, *val, chunk=config.eval_batch_size)
-                record["val_loss"] = float(loss_fn(val_margin).mean())
-                record["val_accuracy"] = float(accuracy(val_margin))
+                record["val_loss"], record["val_accuracy"] = _validate(model, val, loss_fn, config, ddp)
             history.epochs.append(record)
             if metrics_file:
                 metrics_file.write(json.dumps(record) + "\n")
@@ -219,7 +290,7 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    history.seconds = time.perf_counter() - start
+    history.seconds = elapsed + time.perf_counter() - start
     history.comparisons_per_second = n * len(history.epochs) / max(history.seconds, 1e-9)
     logger.info(
         "trained %d epochs in %.1fs (%.0f comparisons/s), best val accuracy %s",
@@ -229,3 +300,27 @@ def fit(
         history.best_val_accuracy,
     )
     return history
+
+
+def _correct(margin: torch.Tensor) -> torch.Tensor:
+    """Number of rows ranked right, a tie counting half (``accuracy`` times the row count)."""
+    return (margin > 0).sum() + 0.5 * (margin == 0).sum()
+
+
+def _validate(
+    model: PreferenceModel,
+    val: tuple[Batch, Tables],
+    loss_fn: LossFn,
+    config: TrainConfig,
+    ddp: DistContext,
+) -> tuple[float, float]:
+    """Validation loss and accuracy; under torch.distributed each rank scores a shard and the sums add."""
+    batch, tables = val
+    if not ddp.active:
+        margin = predict_margins(model, batch, tables, chunk=config.eval_batch_size)
+        return float(loss_fn(margin).mean()), float(accuracy(margin))
+    rows = ddp.shard(torch.arange(len(batch)))
+    margin = predict_margins(model, batch.take(rows), tables, chunk=config.eval_batch_size)
+    sums = torch.stack([loss_fn(margin).double().sum(), _correct(margin).double()])
+    ddp.all_reduce_sum(sums)
+    return float(sums[0]) / len(batch), float(sums[1]) / len(batch)
