@@ -408,6 +408,32 @@ class PALEstimator:
             self.users_ = self.users_.append(frame.index[new])
         return frame
 
+    def next_questions(
+        self,
+        candidates: Any,
+        answers: DataLike | None = None,
+        *,
+        users: Sequence[str] | None = None,
+        strategy: str = "info-gain",
+        **options: Any,
+    ) -> pd.DataFrame:
+        """The comparison to ask each user next, to learn their weights fastest (active onboarding).
+
+        ``candidates``: pairs (prompt, a, b) as a DataFrame with columns prompt (optional), a, b, a list of
+        tuples, or PreferenceData (a = chosen, b = rejected). ``answers``: the users' comparisons so far
+        (any DataLike); ``users`` defaults to the users in ``answers``. A user's answered pairs (same
+        prompt, same two responses) are skipped. ``strategy``: "info-gain" (mutual information between the
+        answer and w under a particle posterior), "variance" (expected posterior variance reduction),
+        "uncertainty" (P(a) nearest 1/2 at the few-shot fit) or "random". ``options``: n_particles, lapse,
+        temperature, seed (see ``pluralign.training.active``). PAL-A and PAL-B only.
+
+        Returns one row per user: index (position in ``candidates``), prompt, a, b, p_a (P(a preferred)),
+        score, n_answers, n_candidates (candidates left).
+        """
+        from pluralign.training.active import next_questions
+
+        return next_questions(self, candidates, answers, users=users, strategy=strategy, **options)
+
     def grow(self, data: DataLike, n_new: int = 1, **options: Any) -> Any:
         """Add ``n_new`` prototypes for the new users of ``data`` that the current ones explain poorly,
         keeping every existing parameter and user prediction exactly; all users of ``data`` are added.
@@ -458,7 +484,8 @@ class PALEstimator:
     def load(cls, directory: str | Path) -> PALEstimator:
         """Load a checkpoint written by ``save``; ``PALEstimator.load`` picks the right class."""
         config, tensors, users = load_checkpoint(directory)
-        target = ESTIMATORS.get(config.get("estimator", "")) or _large_estimators().get(config.get("estimator"))
+        name = config.get("estimator", "")
+        target = ESTIMATORS.get(name) or _large_estimators().get(name)
         if target is None:
             raise CheckpointError(f"{directory}: unknown estimator '{config.get('estimator')}'")
         if cls is not PALEstimator and target is not cls:
