@@ -496,7 +496,8 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
             n_prototypes=options["k"], dim=options["dim"], **params
         )
     run_file = {"command": "pluralign train", "options": options, "world_size": ddp.world_size}
-    if ddp.is_main and not resume:
+    if ddp.is_main and checkpointed and not resume:
+        # what --resume reads (written only for resumable runs: bad input must leave no run directory)
         atomic_write_json(out / RUN_FILE, {**run_file, "status": "running"})
     try:
         est.fit(options["train_data"], options["val"], resume=resume)
@@ -585,6 +586,57 @@ def adapt(
         summary["zero_shot_acc"] = zero_shot
         summary["few_shot_acc"] = est.score(test)
     emit([summary], as_json, title=f"adaptation (saved to {out})")
+
+
+@app.command()
+@command
+def grow(
+    run: RunDir,
+    data: Annotated[Path, typer.Argument(help="Comparisons of the new users.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the grown model.")],
+    n_new: Annotated[int, typer.Option("--n-new", help="Prototypes to add.")] = 1,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Comparisons of seen users (held-out ones are best): the population to compare with."
+        ),
+    ] = None,
+    users: Annotated[
+        str | None, typer.Option(help="Comma-separated new users to grow on, instead of detecting them.")
+    ] = None,
+    z: Annotated[float, typer.Option(help="Flag users with a z-score at or below -Z...")] = 3.0,
+    min_gap: Annotated[float, typer.Option(help="...and an accuracy gap of at least this.")] = 0.05,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs of the grow step (default: the model's).")
+    ] = None,
+    encoder: EncoderOpt = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Add prototypes for new users the model explains poorly; existing users' predictions stay exact."""
+    _setup(verbose)
+    from pluralign.training.growth import DetectionRule
+
+    est = _load(run, encoder)
+    named = None if users is None else [u.strip() for u in users.split(",") if u.strip()]
+    report = est.grow(
+        data, n_new, reference=reference, users=named, rule=DetectionRule(z=z, min_gap=min_gap), epochs=epochs
+    )
+    target = out if out.name == "model" else out / "model"
+    est.save(target)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=float))
+        return
+    population = report.population
+    console.print(
+        f"{len(report.flagged)} of {len(report.detection)} new users flagged ({report.rule}"
+        + (f"; seen users' accuracy {population['accuracy']:.3f}" if population else "")
+        + f"); K {report.n_prototypes_before} -> {report.n_prototypes_after}; grow step "
+        f"{report.grow_seconds:.1f} s ({report.epochs} epochs), detection {report.detect_seconds:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print_table(report.table(), title=f"accuracy before / after growing (saved to {target})")
 
 
 @app.command()
