@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,17 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(
-    directory: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], users: list[str]
+    directory: str | Path,
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    users: list[str],
+    extra: Callable[[Path], dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a checkpoint; an existing one at ``directory`` is replaced only once the new one is complete."""
+    """Write a checkpoint; an existing one at ``directory`` is replaced only once the new one is complete.
+
+    ``extra`` writes more files into the unfinished checkpoint directory it is given (e.g. a fine-tuned
+    encoder) and returns entries to add to config.json.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -45,6 +54,8 @@ def save_checkpoint(
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
         atomic_write_json(tmp / USERS, list(users))
+        if extra is not None:
+            config = {**config, **extra(tmp)}
         full = {"format": FORMAT, "version": VERSION, "tensors_sha256": _sha256(tmp / TENSORS), **config}
         atomic_write_json(tmp / CONFIG, full)
         old = None

@@ -13,7 +13,7 @@ import torch
 
 from pluralign.models.base import Batch, PreferenceModel, Tables
 from pluralign.models.pal_b import PALBModel
-from pluralign.training.losses import get_loss
+from pluralign.training.losses import get_loss, response_loss
 from pluralign.training.simplex import fit_simplex_weights
 
 #: floor for log(w) when an exact solution puts a weight at zero; softmax gives back ~1e-12
@@ -45,6 +45,7 @@ def fit_user_weights(
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
+    loss = response_loss(loss)  # a prefix loss on whole responses is the logistic loss
     k = model.n_prototypes
     prior = prior.detach().double()
     if k == 1 or len(batch) == 0:
