@@ -46,6 +46,8 @@ class ModelKind(StrEnum):
 class Loss(StrEnum):
     logistic = "logistic"
     hinge = "hinge"
+    cumulative = "cumulative"
+    cumulative_mean = "cumulative-mean"
 
 
 def _setup(verbose: bool) -> None:
@@ -381,6 +383,28 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     encoder: EncoderOpt = None,
+    context_encoder: Annotated[
+        str | None,
+        typer.Option(
+            "--context-encoder",
+            help="Encoder of the prompts when it differs from --encoder (e.g. a .parquet of prompt vectors "
+            "beside one of image vectors; the dimensions may differ).",
+        ),
+    ] = None,
+    encoder_trainable: Annotated[
+        bool,
+        typer.Option(
+            "--encoder-trainable",
+            help="PAL-Large: fine-tune the text encoder (a model directory) with the heads.",
+        ),
+    ] = False,
+    encoder_lr: Annotated[
+        float, typer.Option(help="Learning rate of the encoder (--encoder-trainable).")
+    ] = 1e-5,
+    grad_accum_steps: Annotated[
+        int, typer.Option(help="Micro-batches per optimizer step (--encoder-trainable).")
+    ] = 1,
+    max_length: Annotated[int, typer.Option(help="Token limit per text (--encoder-trainable).")] = 128,
     cache: CacheOpt = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Checkpoint every N steps into OUT/checkpoints (resumable).")
@@ -419,6 +443,8 @@ def train(
         }
         if encoder is not None and Path(encoder).exists():
             options["encoder"] = str(Path(encoder).resolve())  # --resume may run from another directory
+        if context_encoder is not None and Path(context_encoder).exists():
+            options["context_encoder"] = str(Path(context_encoder).resolve())
     _train_run(options, out, resume is not None, as_json)
 
 
@@ -482,6 +508,7 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
         "rows_per_context": options.get("rows_per_context"),
         "seed": options["seed"],
         "encoder": options["encoder"],
+        "context_encoder": options.get("context_encoder"),
         "cache_dir": options["cache"],
         "progress": True,
         "metrics_path": out / "metrics.jsonl",
@@ -489,7 +516,16 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
         "checkpoint_every": options["checkpoint_every"],
         "checkpoint_seconds": options["checkpoint_seconds"],
     }
-    if kind is ModelKind.btl:
+    if options.get("encoder_trainable"):
+        from pluralign.estimator_large import PALALarge, PALBLarge
+
+        if kind is ModelKind.btl:
+            raise PluralignError("--encoder-trainable is for pal-a and pal-b")
+        large = {k_: options[k_] for k_ in ("encoder_lr", "grad_accum_steps", "max_length")}
+        est = (PALALarge if kind is ModelKind.pal_a else PALBLarge)(
+            n_prototypes=options["k"], dim=options["dim"], **params, **large
+        )
+    elif kind is ModelKind.btl:
         est = BTL(**params)
     else:
         est = (PALA if kind is ModelKind.pal_a else PALB)(

@@ -1,0 +1,542 @@
+"""Growing prototypes: new users whom the learned prototypes cannot explain get prototypes of their own.
+
+PAL's mixture model only reaches users inside the convex hull of its K prototypes (paper, Sec. 5). Growing
+keeps the trained model and adds M prototypes for the users outside, without retraining from scratch:
+
+1. **Detect.** Every new user's held-out accuracy under the current prototypes is measured by F-fold
+   cross-validation within their own answers (weights fitted few-shot on F - 1 folds, the other fold
+   scored). The same protocol on seen users' comparisons (``reference``) gives the population: pooled
+   accuracy p (Laplace-smoothed) and the between-user variance tau^2 beyond binomial noise. A new user u
+   with n_u scored answers and accuracy a_u is *poorly explained* when both
+
+       z_u = (a_u - p) / sqrt(p (1 - p) / n_u + tau^2) <= -z       (default z = 3)
+       p - a_u >= min_gap                                          (default 0.05)
+
+   hold, and they have at least ``min_answers`` answers (fewer are not assessed).
+2. **Grow.** M new prototypes (PAL-B: new preference maps g_k; PAL-A: new prototype points) are trained on
+   the flagged users' answers only, jointly with those users' weights over all K + M prototypes; every
+   existing parameter is frozen. Existing users get weight exactly 0 on the new prototypes and the grown
+   model computes by prototype block (pluralign.models.grown), so their predictions are bit-for-bit those
+   of the model before. The flagged users' answers are split 90/10: the 10% choose the best epoch and
+   measure accuracy before and after growing. Other new users are added with few-shot weights (over all
+   K + M prototypes).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pluralign.data.comparisons import PreferenceData
+from pluralign.data.splits import _rank_within_user, split_per_user, take_per_user
+from pluralign.errors import DataError, PluralignError
+from pluralign.models.base import PreferenceModel
+from pluralign.models.grown import make_blockwise
+from pluralign.models.pal_a import PALAModel
+from pluralign.models.pal_b import PALBModel
+from pluralign.training.adaptation import MIN_LOG_WEIGHT, fit_user_weights, weights_to_logits
+from pluralign.training.trainer import fit, predict_margins
+
+if TYPE_CHECKING:
+    from pluralign.estimator import PALEstimator
+
+logger = logging.getLogger(__name__)
+
+
+class NothingToGrow(PluralignError):
+    """No new user is poorly explained by the current prototypes."""
+
+
+@dataclass(frozen=True)
+class DetectionRule:
+    """Who is poorly explained: z-score and accuracy gap against the population (see the module doc)."""
+
+    z: float = 3.0
+    min_gap: float = 0.05
+    folds: int = 5
+    min_answers: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.z > 0:
+            raise ValueError(f"z must be > 0, got {self.z}")
+        if not 0 <= self.min_gap < 1:
+            raise ValueError(f"min_gap must be in [0, 1), got {self.min_gap}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2, got {self.folds}")
+        if self.min_answers < self.folds:
+            raise ValueError(f"min_answers must be >= folds ({self.folds}), got {self.min_answers}")
+
+    def describe(self) -> str:
+        return (
+            f"{self.folds}-fold held-out accuracy with z <= -{self.z:g} and a gap >= {self.min_gap:g} "
+            f"below the seen users' (users with >= {self.min_answers} answers)"
+        )
+
+
+@dataclass
+class GrowReport:
+    """What ``grow`` did. Accuracies of the flagged users are on their held-out answers (10%)."""
+
+    n_prototypes_before: int
+    n_prototypes_after: int
+    rule: str
+    detection: pd.DataFrame
+    population: dict[str, float] | None
+    flagged: list[str]
+    heldout_before: float
+    heldout_after: float
+    n_heldout: int
+    others_heldout_before: float
+    others_heldout_after: float
+    n_others_heldout: int
+    reference_check: dict[str, Any] | None
+    epochs: int
+    best_epoch: int | None
+    detect_seconds: float
+    grow_seconds: float
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Before/after rows: flagged new users, other new users, seen users (with a reference)."""
+        n_users = len(self.detection)
+        rows = [
+            {
+                "group": "flagged new users",
+                "users": len(self.flagged),
+                "comparisons": self.n_heldout,
+                "before": self.heldout_before,
+                "after": self.heldout_after,
+                "measured on": "their held-out 10%",
+            },
+            {
+                "group": "other new users",
+                "users": n_users - len(self.flagged),
+                "comparisons": self.n_others_heldout,
+                "before": self.others_heldout_before,
+                "after": self.others_heldout_after,
+                "measured on": "their held-out 10%",
+            },
+        ]
+        if self.reference_check is not None:
+            ref = self.reference_check
+            rows.append(
+                {
+                    "group": "seen users (reference)",
+                    "users": ref["users"],
+                    "comparisons": ref["comparisons"],
+                    "before": ref["accuracy_before"],
+                    "after": ref["accuracy_after"],
+                    "measured on": f"reference rows; margins identical: {ref['margins_identical']}",
+                }
+            )
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "detection"}
+        out["detection"] = self.detection.reset_index().to_dict(orient="records")
+        return out
+
+
+# ========================================================================================================
+# detection
+# ========================================================================================================
+def cross_validated_accuracy(
+    est: PALEstimator, data: PreferenceData, *, folds: int = 5, seed: int = 0
+) -> pd.DataFrame:
+    """Per user of ``data``: answers, answers scored and correct in ``folds``-fold CV within the user.
+
+    Each fold's weights are fitted few-shot (``est.fit_weights``) on the user's other folds, with the
+    model's prototypes frozen; ties count half. The estimator is not modified. Index: user_id.
+    """
+    data = est._prepare(data)
+    present = np.unique(data.user)
+    local = np.full(data.n_users, -1, dtype=np.int64)
+    local[present] = np.arange(len(present))
+    ids = pd.Index(data.user_ids[present].astype(str), name="user_id")
+    rank, _ = _rank_within_user(data, np.random.default_rng(seed))
+    fold = rank % folds
+    correct = np.zeros(len(present))
+    scored = np.zeros(len(present), dtype=np.int64)
+    tables = est._tables(data)
+    prior = est.zero_shot_weights_.double()
+    for f in range(folds):
+        held = fold == f
+        if not held.any():
+            continue
+        fitted = est.fit_weights(data.subset(~held))
+        weights = prior.expand(len(present), -1).clone()
+        rows = ids.get_indexer(fitted.index)
+        weights[torch.from_numpy(rows)] = torch.from_numpy(fitted.filter(regex=r"^w\d+$").to_numpy(copy=True))
+        test = data.subset(held)
+        users = local[test.user]
+        margin = predict_margins(est.model_, est._batch(test, users), tables, weights_to_logits(weights))
+        margin = margin.double().numpy()
+        correct += np.bincount(users, weights=(margin > 0) + 0.5 * (margin == 0), minlength=len(present))
+        scored += np.bincount(users, minlength=len(present))
+    frame = pd.DataFrame(
+        {"n_comparisons": np.bincount(local[data.user], minlength=len(present)), "scored": scored},
+        index=ids,
+    )
+    frame["correct"] = correct
+    frame["accuracy"] = correct / np.maximum(scored, 1)
+    return frame
+
+
+def population_stats(reference: pd.DataFrame, min_answers: int) -> dict[str, float]:
+    """Pooled accuracy p (Laplace-smoothed) and between-user variance tau^2 of seen users' CV accuracy."""
+    ref = reference[reference["n_comparisons"] >= min_answers]
+    if len(ref) == 0:
+        raise DataError(f"reference: no seen user has >= {min_answers} comparisons to compare against")
+    p = (ref["correct"].sum() + 1.0) / (ref["scored"].sum() + 2.0)
+    binomial = p * (1 - p) / ref["scored"]
+    tau2 = max(0.0, float(ref["accuracy"].var(ddof=1)) - float(binomial.mean())) if len(ref) > 1 else 0.0
+    return {
+        "users": len(ref),
+        "comparisons": int(ref["scored"].sum()),
+        "accuracy": float(p),
+        "mean_user_accuracy": float(ref["accuracy"].mean()),
+        "tau": math.sqrt(tau2),
+    }
+
+
+def flag_users(cv: pd.DataFrame, population: dict[str, float], rule: DetectionRule) -> pd.DataFrame:
+    """``cv`` with columns z, gap, assessed and flagged by ``rule`` against ``population``."""
+    p, tau = population["accuracy"], population["tau"]
+    out = cv.copy()
+    sd = np.sqrt(p * (1 - p) / np.maximum(out["scored"], 1) + tau**2)
+    out["gap"] = p - out["accuracy"]
+    out["z"] = -out["gap"] / sd
+    out["assessed"] = out["n_comparisons"] >= rule.min_answers
+    out["flagged"] = out["assessed"] & (out["z"] <= -rule.z) & (out["gap"] >= rule.min_gap)
+    return out
+
+
+def detect(
+    est: PALEstimator,
+    data: Any,
+    reference: Any,
+    rule: DetectionRule | None = None,
+    *,
+    max_reference_users: int | None = 1000,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Flag the users of ``data`` poorly explained by ``est``'s prototypes, against the seen users of
+    ``reference`` (at most ``max_reference_users`` of them, drawn with the estimator's seed).
+
+    Few-shot accuracy grows with the number of answers, so each reference user keeps at most the new
+    users' median number of comparisons: both sides' cross-validated weights rest on as many answers.
+    """
+    rule = rule or DetectionRule()
+    data, reference = est._prepare(data), est._prepare(reference)
+    if len(reference) == 0:
+        raise DataError("reference: no comparisons of seen users", path=reference.source)
+    present = np.unique(reference.user)
+    if max_reference_users is not None and len(present) > max_reference_users:
+        keep = np.zeros(reference.n_users, dtype=bool)
+        keep[np.random.default_rng(est.seed).choice(present, max_reference_users, replace=False)] = True
+        reference = reference.subset(keep[reference.user])
+    counts = np.bincount(data.user)
+    reference, _ = take_per_user(reference, int(np.median(counts[counts > 0])), seed=est.seed)
+    population = population_stats(
+        cross_validated_accuracy(est, reference, folds=rule.folds, seed=est.seed), rule.min_answers
+    )
+    cv = cross_validated_accuracy(est, data, folds=rule.folds, seed=est.seed)
+    return flag_users(cv, population, rule), population
+
+
+# ========================================================================================================
+# growing
+# ========================================================================================================
+def _fresh_like(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with re-initialized parameters (same architecture)."""
+    fresh = copy.deepcopy(module)
+    for sub in fresh.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+        constant = getattr(sub, "constant", None)
+        if isinstance(constant, nn.Parameter):  # MLP of an empty input: a learned constant
+            with torch.no_grad():
+                constant.copy_(torch.randn_like(constant) / max(constant.numel(), 1) ** 0.5)
+    return fresh
+
+
+def add_prototypes(model: PreferenceModel, n_new: int, *, seed: int = 0) -> PreferenceModel:
+    """A copy of ``model`` with ``n_new`` freshly initialized prototypes in a new block.
+
+    Existing users' logits on the new prototypes are ``MIN_LOG_WEIGHT``, so their weight there is exactly 0.
+    """
+    if not isinstance(model, PALAModel | PALBModel):
+        raise PluralignError(f"only PAL-A and PAL-B models have prototypes to grow, not a {model.kind} model")
+    blocks = tuple(getattr(model, "prototype_blocks", (model.n_prototypes,)))
+    grown = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(grown, PALBModel):
+            for _ in range(n_new):
+                grown.g.append(_fresh_like(grown.g[0]))
+        else:
+            joint_dim = grown.prototypes.shape[1]
+            new = torch.randn(n_new, joint_dim, dtype=grown.prototypes.dtype) / joint_dim**0.5
+            grown.prototypes = nn.Parameter(torch.cat([grown.prototypes.detach(), new]))
+    pad = torch.full((grown.n_users, n_new), MIN_LOG_WEIGHT, dtype=grown.user_logits.dtype)
+    grown.user_logits = nn.Parameter(torch.cat([grown.user_logits.detach(), pad], dim=1))
+    grown.n_prototypes += n_new
+    return make_blockwise(grown, (*blocks, n_new))
+
+
+def _frozen_names(model: PreferenceModel, n_old: int) -> list[str]:
+    """Parameters that growing must not change: everything but the new prototypes and the user table."""
+    if isinstance(model, PALBModel):
+        new = {f"g.{k}." for k in range(n_old, model.n_prototypes)}
+        return [
+            n
+            for n, _ in model.named_parameters()
+            if n != "user_logits" and not any(n.startswith(p) for p in new)
+        ]
+    return [n for n, _ in model.named_parameters() if n not in ("user_logits", "prototypes")]
+
+
+def _accuracy(margin: torch.Tensor) -> float:
+    if len(margin) == 0:
+        return float("nan")
+    return float(((margin > 0).double() + 0.5 * (margin == 0).double()).mean())
+
+
+def grow_estimator(
+    est: PALEstimator,
+    data: Any,
+    n_new: int = 1,
+    *,
+    reference: Any = None,
+    users: Sequence[str] | None = None,
+    rule: DetectionRule | None = None,
+    epochs: int | None = None,
+    heldout_fraction: float = 0.1,
+    max_reference_users: int | None = 1000,
+) -> GrowReport:
+    """Detect the poorly explained new users of ``data`` and grow ``n_new`` prototypes for them (in place).
+
+    ``reference``: comparisons of seen users, the population the detection rule compares against (needed
+    unless ``users`` names the users to grow on). All users of ``data`` must be new to the model; they are
+    all added to it. Raises NothingToGrow when no user is flagged; the estimator is then unchanged.
+    """
+    start = time.perf_counter()
+    est._check_fitted()
+    if isinstance(n_new, bool) or not isinstance(n_new, int | np.integer) or n_new < 1:
+        raise PluralignError(f"n_new must be an integer >= 1, got {n_new!r}")
+    if not isinstance(est.model_, PALAModel | PALBModel):
+        raise PluralignError(f"a {type(est).__name__} has no prototypes to grow: use PALA or PALB")
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    rule = rule or DetectionRule()
+    data = est._prepare(data)
+    if len(data) == 0:
+        raise DataError("no comparisons of new users", path=data.source)
+    present = np.unique(data.user)
+    ids = pd.Index(data.user_ids[present].astype(str), name="user_id")
+    known = est.users_.get_indexer(ids) >= 0
+    if known.any():
+        raise DataError(
+            f"{int(known.sum())} user(s) are already in the model (e.g. {', '.join(ids[known][:5])}): grow "
+            "takes new users only (re-fit known users with adapt)",
+            path=data.source,
+            field="user_id",
+        )
+    if users is not None:
+        users = [str(u) for u in users]
+        missing = [u for u in users if u not in ids]
+        if missing:
+            raise DataError(
+                f"unknown user(s) {', '.join(missing[:5])}: not among the new users' comparisons",
+                path=data.source,
+                field="user_id",
+            )
+        if not users:
+            raise PluralignError("users: the list of users to grow on is empty")
+    elif reference is None:
+        raise PluralignError(
+            "detecting poorly explained users needs comparisons of seen users to compare against "
+            "(reference=..., CLI --reference FILE), or name the users to grow on (users=..., --users)"
+        )
+    reference_data = None if reference is None else est._prepare(reference)
+
+    # --- detection -------------------------------------------------------------------------------------
+    if reference_data is not None:
+        detection, population = detect(
+            est, data, reference_data, rule, max_reference_users=max_reference_users
+        )
+    else:
+        detection = cross_validated_accuracy(est, data, folds=rule.folds, seed=est.seed)
+        population = None
+    if users is not None:
+        detection["flagged"] = detection.index.isin(users)
+    flagged = list(detection.index[detection["flagged"]])
+    detect_seconds = time.perf_counter() - start
+    if not flagged:
+        assessed = detection[detection["n_comparisons"] >= rule.min_answers]
+        worst = assessed["accuracy"].min() if len(assessed) else float("nan")
+        raise NothingToGrow(
+            f"none of the {len(detection)} new users is poorly explained by the {est.model_.n_prototypes} "
+            f"prototypes (lowest held-out accuracy {worst:.3f} vs the seen users' "
+            f"{population['accuracy']:.3f}; rule: {rule.describe()}): nothing to grow; add them with adapt"
+        )
+    logger.info("%d of %d new users flagged as poorly explained", len(flagged), len(detection))
+
+    # --- growing ---------------------------------------------------------------------------------------
+    grow_start = time.perf_counter()
+    old = est.model_
+    n_old = old.n_prototypes
+    grown = add_prototypes(old, n_new, seed=est.seed + 1)
+    tables = est._tables(data)
+    local = np.full(data.n_users, -1, dtype=np.int64)
+    local[present] = np.arange(len(present))
+    is_flagged = ids.isin(flagged)
+    train, heldout = split_per_user(data, (1 - heldout_fraction, heldout_fraction), seed=est.seed)
+    prior_old = est.zero_shot_weights_.double()
+    prior = torch.cat([prior_old, torch.zeros(n_new, dtype=torch.float64)])
+
+    def fitted_weights(model: PreferenceModel, part: PreferenceData, prior: torch.Tensor) -> torch.Tensor:
+        """Few-shot weights [len(present), K] of every new user from ``part`` (prior where no rows)."""
+        return fit_user_weights(
+            model,
+            est._batch(part, local[part.user]),
+            tables,
+            n_users=len(present),
+            prior=prior,
+            loss=est.loss,
+            ridge=est.adapt_ridge,
+            steps=est.adapt_steps,
+            seed=est.seed,
+        )
+
+    # before: few-shot weights with the old prototypes, fitted on the 90%, scored on the 10%
+    weights_before = fitted_weights(old, train, prior_old)
+    margin_before = predict_margins(
+        old, est._batch(heldout, local[heldout.user]), tables, weights_to_logits(weights_before)
+    )
+
+    # train the new prototypes and the flagged users' weights on the flagged users' 90%, all else frozen
+    flagged_rows = is_flagged[local[train.user]]
+    held_flagged = is_flagged[local[heldout.user]]
+    order = np.flatnonzero(is_flagged)  # model row r of the training model is new user order[r]
+    to_train = np.full(len(present), -1, dtype=np.int64)
+    to_train[order] = np.arange(len(order))
+    init = torch.cat(
+        [
+            0.5 * weights_before[torch.from_numpy(order)],
+            torch.full((len(order), n_new), 0.5 / n_new).double(),
+        ],
+        dim=1,
+    )
+    trainee = copy.deepcopy(grown)
+    trainee.user_logits = nn.Parameter(weights_to_logits(init))
+    frozen = _frozen_names(trainee, n_old)
+    parameters = dict(trainee.named_parameters())
+    for name in frozen:
+        parameters[name].requires_grad_(False)
+    if isinstance(trainee, PALAModel):
+        mask = torch.zeros(trainee.n_prototypes, 1)
+        mask[n_old:] = 1.0
+        trainee.prototypes.register_hook(lambda grad: grad * mask)
+    tr = train.subset(flagged_rows)
+    ho = heldout.subset(held_flagged)
+    config = est._train_config()
+    # the grow step writes no metrics file or resumable training checkpoints of the estimator's own run
+    off = {"metrics_path": None, "checkpoint_dir": None, "checkpoint_every": None, "checkpoint_seconds": None}
+    off = {k: v for k, v in off.items() if k in {f.name for f in dataclasses.fields(config)}}
+    config = dataclasses.replace(config, epochs=est.epochs if epochs is None else epochs, **off)
+    train_part = (est._batch(tr, to_train[local[tr.user]]), tables)
+    val_part = (est._batch(ho, to_train[local[ho.user]]), tables) if len(ho) else None
+    history = fit(trainee, train_part, val_part, config)
+    # every frozen parameter must be untouched, or the new prototypes were fitted against other numbers
+    reference_params = dict(grown.named_parameters())
+    changed = [n for n in frozen if not torch.equal(parameters[n].detach(), reference_params[n].detach())]
+    if isinstance(trainee, PALAModel) and not torch.equal(trainee.prototypes[:n_old], old.prototypes):
+        changed.append("prototypes[:K]")
+    if changed:
+        raise RuntimeError(f"growing changed frozen parameters: {', '.join(changed[:5])}")
+    with torch.no_grad():
+        if isinstance(grown, PALBModel):
+            for k in range(n_old, grown.n_prototypes):
+                grown.g[k].load_state_dict(trainee.g[k].state_dict())
+        else:
+            grown.prototypes[n_old:] = trainee.prototypes[n_old:].detach()
+    margin_after_flagged = predict_margins(trainee, val_part[0], tables) if val_part else torch.zeros(0)
+
+    # other new users: few-shot weights with all K + M prototypes (90% for the figure, then all rows)
+    weights_after = fitted_weights(grown, train, prior)
+    held_others = ~held_flagged
+    margin_after_others = predict_margins(
+        grown,
+        est._batch(heldout.subset(held_others), local[heldout.user[held_others]]),
+        tables,
+        weights_to_logits(weights_after),
+    )
+    final = fitted_weights(grown, data, prior)
+    logits = weights_to_logits(final)
+    logits[torch.from_numpy(order)] = trainee.user_logits.detach()
+    grow_seconds = time.perf_counter() - grow_start
+
+    # --- commit ----------------------------------------------------------------------------------------
+    check = None
+    if reference_data is not None:
+        seen = est._user_positions(reference_data) >= 0
+        if seen.any():
+            ref_rows = reference_data.subset(seen)
+            before = est.margins(ref_rows)
+    grown.grow_users(len(present), logits)
+    grown.eval()
+    est.model_ = grown
+    est.users_ = est.users_.append(ids)
+    est.n_prototypes = grown.n_prototypes
+    est.zero_shot_weights_ = prior
+    if reference_data is not None and seen.any():
+        after = est.margins(ref_rows)
+        check = {
+            "users": len(np.unique(ref_rows.user)),
+            "comparisons": len(ref_rows),
+            "accuracy_before": float(np.mean((before > 0) + 0.5 * (before == 0))),
+            "accuracy_after": float(np.mean((after > 0) + 0.5 * (after == 0))),
+            "max_abs_margin_change": float(np.max(np.abs(after - before))),
+            "margins_identical": bool(np.array_equal(before, after)),
+        }
+    notes = []
+    if isinstance(grown, PALAModel):
+        notes.append(
+            "PAL-A: later few-shot fits start from the zero-shot weights, which are 0 on the new prototypes, "
+            "and Adam on the logits does not leave a zero weight; grow again to place such users"
+        )
+    held_before = margin_before.double()
+    held_user_flagged = torch.from_numpy(held_flagged)
+    return GrowReport(
+        n_prototypes_before=n_old,
+        n_prototypes_after=grown.n_prototypes,
+        rule=rule.describe() if users is None else "users named by the caller",
+        detection=detection,
+        population=population,
+        flagged=flagged,
+        heldout_before=_accuracy(held_before[held_user_flagged]),
+        heldout_after=_accuracy(margin_after_flagged),
+        n_heldout=int(held_flagged.sum()),
+        others_heldout_before=_accuracy(held_before[~held_user_flagged]),
+        others_heldout_after=_accuracy(margin_after_others),
+        n_others_heldout=int(held_others.sum()),
+        reference_check=check,
+        epochs=len(history.epochs),
+        best_epoch=history.best_epoch,
+        detect_seconds=detect_seconds,
+        grow_seconds=grow_seconds,
+        seconds=time.perf_counter() - start,
+        notes=notes,
+    )
