@@ -152,9 +152,9 @@ class _LargeMixin:
         )
 
     # --- fitting ----------------------------------------------------------------------------------------
-    def fit(self, train: DataLike, val: DataLike | None = None) -> PALEstimator:
+    def fit(self, train: DataLike, val: DataLike | None = None, *, resume: bool = False) -> PALEstimator:
         """Fine-tune the encoder with the shared maps, prototypes and every training user's weights."""
-        if getattr(self, "checkpoint_dir", None):
+        if resume or getattr(self, "checkpoint_dir", None):
             raise PluralignError(f"{type(self).__name__} does not support resumable checkpoints yet")
         if self.context_encoder is not None:
             raise PluralignError(
