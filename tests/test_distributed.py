@@ -117,3 +117,80 @@ def test_nproc_2_training_matches_one_process(tmp_path):
     got, want = load_file(double / "model/model.safetensors"), load_file(single / "model/model.safetensors")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+LARGE_WORKER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import pandas as pd
+    import torch
+    from safetensors.torch import save_file
+    from pluralign.estimator_large import PALBLarge
+    from pluralign.training.distributed import init_from_env, shutdown
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    words = np.array("red blue green cat dog tree sun moon fast slow big small".split())
+    texts = [" ".join(rng.choice(words, 4)) for _ in range(30)]
+    pairs = rng.choice(len(texts), size=(96, 2), replace=True)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    frame = pd.DataFrame({
+        "user_id": [f"u{i % 6}" for i in range(len(pairs))],
+        "prompt": [["say hi", "say bye"][i % 2] for i in range(len(pairs))],
+        "chosen": [texts[a] for a, _ in pairs],
+        "rejected": [texts[b] for _, b in pairs],
+    })
+    def train(out):
+        est = PALBLarge(n_prototypes=2, dim=4, encoder=sys.argv[1], epochs=2, batch_size=16,
+                        grad_accum_steps=2, precision="fp32", max_length=8, encoder_lr=1e-3, seed=0)
+        est.fit(frame)
+        tensors = {f"head.{k}": v for k, v in est.model_.state_dict().items()}
+        tensors |= {f"tower.{k}": v for k, v in est.encoder_.tower.state_dict().items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, out)
+        open(out + ".loss", "w").write(repr(est.history_.epochs[-1]["train_loss"]))
+
+    ddp = init_from_env()
+    assert ddp.world_size == 2
+    train(sys.argv[2] + f".rank{ddp.rank}")
+    shutdown()
+    if ddp.rank == 0:  # the reference: the same fit in this process alone (one launch, not two)
+        train(sys.argv[2] + ".single")
+    """
+)
+
+
+@pytest.mark.slow
+def test_large_two_processes_match_one(tmp_path):
+    """PAL-Large: the text encoder and the heads follow the single-process run on 2 gloo processes."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from pluralign.encoders.sentence import default_model_path
+
+    tower = tmp_path / "tiny-bert"
+    config = BertConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # dropout masks would differ per rank
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(tower)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(default_model_path() / name, tower / name)
+    script = tmp_path / "large_worker.py"
+    script.write_text(LARGE_WORKER)
+    out = tmp_path / "weights"
+    proc = subprocess.run(
+        [*LAUNCH, str(script), str(tower), str(out)], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = load_file(f"{out}.single")
+    assert any(k.startswith("tower.") for k in want)
+    for rank in (0, 1):  # both ranks hold the same model
+        got = load_file(f"{out}.rank{rank}")
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+        loss = float(Path(f"{out}.rank{rank}.loss").read_text())
+        assert loss == pytest.approx(float(Path(f"{out}.single.loss").read_text()), rel=1e-5)

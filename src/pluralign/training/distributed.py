@@ -71,7 +71,7 @@ class DistContext:
             return extras
         parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
         if extras is not None:
-            parts.append(extras.reshape(-1))
+            parts.append(extras.reshape(-1).to(parts[0] if parts else extras))
         flat = torch.cat(parts)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from pluralign.encoders.tokens import PrefixFeatures
 from pluralign.models.base import Batch, PreferenceModel, Tables, unique_inverse
 from pluralign.models.encoder import TextTower, TokenTable
+from pluralign.training.distributed import DistContext
 from pluralign.training.losses import PREFIX_LOSSES, accuracy, get_loss, prefix_loss, prefix_pairs
 from pluralign.training.trainer import History, TrainConfig, epoch_order, make_optimizer, predict_margins
 
@@ -249,6 +250,8 @@ def fit_large(
 
     ``val`` is a batch and a function giving its tables (called after each epoch; for Large it embeds
     the validation texts with the current tower). The best validation epoch's weights are kept.
+    Under torch.distributed each rank runs its shard of every step's rows and the gradients (heads and
+    tower) are summed over ranks before the optimizer step (see training/distributed.py).
     """
     config = config or LargeConfig()
     weighting = PREFIX_LOSSES.get(config.loss)
@@ -263,6 +266,10 @@ def fit_large(
     if tower is not None:
         tower.to(device)
     batch = Batch(*(t.to(device) for t in batch))
+    ddp = DistContext.current()
+    ddp.broadcast_parameters(model)
+    if tower is not None:
+        ddp.broadcast_parameters(tower)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     if tower is not None:
@@ -286,11 +293,11 @@ def fit_large(
     stale = 0
     steps = rows_total = 0
     metrics_file = None
-    if config.metrics_path:
+    if config.metrics_path and ddp.is_main:
         Path(config.metrics_path).parent.mkdir(parents=True, exist_ok=True)
         metrics_file = open(config.metrics_path, "w")  # noqa: SIM115 - closed in finally
     start = time.perf_counter()
-    bar = tqdm(total=total, disable=not config.progress, unit="step", leave=False)
+    bar = tqdm(total=total, disable=not config.progress or not ddp.is_main, unit="step", leave=False)
     modules = [m for m in (model, tower) if m is not None]
     try:
         for epoch in range(1, config.epochs + 1):
@@ -303,7 +310,10 @@ def fit_large(
             seen = 0
             epoch_steps = 0
             for s in range(0, n, step_rows):
-                step_order = order[s : s + step_rows].to(device)
+                global_order = order[s : s + step_rows].to(device)
+                step_order = ddp.shard(global_order)  # all of it in one process
+                step_loss = torch.zeros((), dtype=torch.float64)
+                step_correct = torch.zeros((), dtype=torch.float64)
                 optimizer.zero_grad(set_to_none=True)
                 for m in range(0, len(step_order), config.batch_size):
                     rows = batch.take(step_order[m : m + config.batch_size])
@@ -314,17 +324,22 @@ def fit_large(
                     )
                     with autocast:
                         loss, margin = _rows_loss(model, source, rows, weighting, loss_fn)
-                    # each micro-batch's share of the step's mean loss
-                    scaler.scale(loss / len(step_order)).backward()
-                    loss_sum += loss.detach().double().cpu()
-                    correct += accuracy(margin).cpu() * len(rows)
+                    # each micro-batch's share of the step's mean loss (over all ranks' rows)
+                    scaler.scale(loss / len(global_order)).backward()
+                    step_loss += loss.detach().double().cpu()
+                    step_correct += accuracy(margin).cpu() * len(rows)
+                if ddp.active:
+                    extras = torch.stack([step_loss, step_correct]).float().to(device)
+                    step_loss, step_correct = ddp.all_reduce_gradients(params, extras=extras).double().cpu()
+                loss_sum += step_loss
+                correct += step_correct
                 if config.max_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
-                seen += len(step_order)
-                rows_total += len(step_order)
+                seen += len(global_order)
+                rows_total += len(global_order)
                 steps += 1
                 epoch_steps += 1
                 bar.update(1)
