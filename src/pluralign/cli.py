@@ -741,6 +741,7 @@ BENCHMARKS = {
     "train-speed": "Training comparisons/s and peak RSS: index-based fit vs a naive DataLoader pipeline.",
     "persona": "PAL App. D.4: `full` (40M comparisons) or `sweeps` (K* x K, n_p, d, few-shot).",
     "serve-load": "`pluralign serve` under load: score/feedback throughput, p50/p99 latency, paced p99.",
+    "active-onboarding": "New users: answers needed to reach seen-user accuracy, active vs random questions.",
 }
 
 

@@ -247,7 +247,10 @@ class EMDPOTrainer:
         )
         trainer = PluralDPOTrainer(
             model=model,
-            ref_model=None,
+            # The reference log-probs are precomputed: TRL never runs a reference model. For a PEFT model, a
+            # placeholder also stops TRL from cloning an adapter named "default" as the reference (ours are
+            # named per type).
+            ref_model=_PrecomputedReference() if self._peft else None,
             args=args,
             train_dataset=self._pair_dataset(weights),
             processing_class=self.tokenizer,
@@ -353,6 +356,13 @@ class EMDPOTrainer:
                 },
             )
         return target
+
+
+class _PrecomputedReference(torch.nn.Module):
+    """Stands in for TRL's reference model when every reference log-prob is precomputed."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("EM-DPO precomputes the reference log-probs; the reference model is never run")
 
 
 def _as_rankings(data: Dataset | pd.DataFrame) -> pd.DataFrame:
