@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load clean
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load
+bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load bench-active-onboarding
 
 bench-synthetic: venv  ## PAL paper Sec. 4.2: accuracy vs K and the few-shot curve (JSON + PNG in runs/bench)
 	$(BIN)/pluralign bench synthetic --out runs/bench/synthetic
@@ -62,3 +62,6 @@ bench-persona-sweeps: venv  ## Persona sweeps at reduced N: K* x K, n_p, d, few-
 
 bench-serve-load: venv  ## the reward service under bounded loopback load: throughput, p50/p99, paced 200 req/s
 	$(BIN)/pluralign bench serve-load --out runs/bench/serve_load
+
+bench-active-onboarding: venv  ## new users: answers to reach seen accuracy - 1 pt, info-gain/variance/uncertainty vs random questions (JSON + PNG)
+	$(BIN)/pluralign bench active-onboarding --out runs/bench/active_onboarding
