@@ -307,17 +307,31 @@ def embed(
     cache: Annotated[Path, typer.Option("--cache", help="Embedding cache directory.")],
     encoder: EncoderOpt = None,
     batch_size: Annotated[int, typer.Option(help="Encoder batch size.")] = 64,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: embed only shard I (0-based) of N, split by text hash; run N of these at once."
+        ),
+    ] = None,
+    flush_every: Annotated[
+        int, typer.Option(help="Store vectors every this many texts (a killed run keeps them).")
+    ] = 4096,
     verbose: Verbose = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Embed every distinct prompt and response into the on-disk cache (each text once, ever)."""
+    """Embed every distinct prompt and response into the on-disk cache (each text once, ever).
+
+    Crash-safe and resumable: rerunning the same command encodes only what is not cached yet.
+    """
     _setup(verbose)
     import numpy as np
 
     from pluralign.data import read_preferences
     from pluralign.encoders import embed_texts, open_cache
+    from pluralign.encoders.embed import parse_shard, text_shards
     from pluralign.encoders.spec import encoder_from_spec
 
+    index, count = parse_shard(shard) if shard is not None else (0, 1)
     enc = encoder_from_spec(encoder)
     store = open_cache(cache, enc)
     texts: list[str] = []
@@ -325,9 +339,13 @@ def embed(
         rows = read_preferences(path)
         texts += [*rows.items.tolist(), *rows.contexts.tolist()]
     unique = np.unique(np.asarray(texts, dtype=object).astype(str))
+    if count > 1:
+        unique = unique[text_shards(unique.tolist(), enc.id, count) == index]
     _, hit = store.get_many(unique.tolist())
     start = time.perf_counter()
-    embed_texts(unique.tolist(), enc, cache=store, batch_size=batch_size, show_progress=True)
+    embed_texts(
+        unique.tolist(), enc, cache=store, batch_size=batch_size, show_progress=True, flush_every=flush_every
+    )
     seconds = time.perf_counter() - start
     new = int((~hit).sum())
     emit(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from pluralign.data.comparisons import PreferenceData
 from pluralign.encoders.base import Encoder
-from pluralign.encoders.cache import EmbeddingCache, embed_texts
+from pluralign.encoders.cache import EmbeddingCache, embed_texts, text_keys
+from pluralign.errors import PluralignError
 
 
 def cache_subdir(encoder_id: str) -> str:
@@ -66,3 +70,22 @@ def embed_data(
         show_progress=show_progress,
     )
     return data.with_vectors(items, contexts)
+
+
+def text_shards(texts: Sequence[str], encoder_id: str, n_shards: int) -> np.ndarray:
+    """Shard (0..n_shards-1) of each text: its cache key modulo n_shards, so the split depends on the
+    text alone (not on file order), and n processes embedding one shard each cover every text once."""
+    keys = text_keys(encoder_id, texts)
+    head = np.ascontiguousarray(keys.view(np.uint8).reshape(len(keys), 32)[:, :8]).view(">u8").reshape(-1)
+    return (head % np.uint64(n_shards)).astype(np.int64)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), with 0 <= i < n."""
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise PluralignError(f"--shard must look like I/N (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= index < count:
+        raise PluralignError(f"--shard {spec}: need 0 <= I < N")
+    return index, count
