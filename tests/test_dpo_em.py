@@ -184,7 +184,7 @@ def test_bad_arguments(tmp_path):
         EMDPOTrainer(model, init="kmeans", **common)
     bad = frame.copy()
     bad.loc[3, "responses"] = ["only one"]
-    with pytest.raises(ValueError, match="line 4: field 'responses'"):
+    with pytest.raises(ValueError, match="train_dataset:4: field 'responses'"):
         EMDPOTrainer(model, **{**common, "train_dataset": bad})
     em = EMDPOTrainer(model, n_iterations=1, **common)
     with pytest.raises(RuntimeError, match="train"):
