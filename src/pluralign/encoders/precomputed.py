@@ -259,7 +259,10 @@ def _validate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keys as an object array of distinct str and vectors as C-contiguous float32 [n, D] (D > 0)."""
     keys = np.asarray(keys, dtype=object) if not isinstance(keys, np.ndarray) else keys.astype(object)
-    vectors = np.asarray(vectors)
+    try:
+        vectors = np.asarray(vectors)
+    except ValueError as exc:  # rows of different lengths
+        raise DataError(f"vectors must be an [n, D] array: {exc}", path=path, field=vector_field) from None
     if keys.ndim != 1:
         raise DataError(f"keys must be 1-dimensional, got shape {keys.shape}", path=path, field=key_field)
     if len(keys) == 0:
