@@ -149,10 +149,12 @@ class EMDPOTrainer:
             self._policies: list[Any] = []
             self._reference = None
         else:
+            # policies train what the given model trains (e.g. only its last blocks); the reference is frozen
+            self._trainable = {name for name, p in model.named_parameters() if p.requires_grad}
             self._reference = model
+            self._policies = [self._fresh_copy() for _ in range(self.n_types)]
             for p in model.parameters():
                 p.requires_grad_(False)
-            self._policies = [self._fresh_copy() for _ in range(self.n_types)]
 
     @property
     def _peft(self) -> bool:
@@ -160,8 +162,8 @@ class EMDPOTrainer:
 
     def _fresh_copy(self) -> Any:
         policy = copy.deepcopy(self._reference)
-        for p in policy.parameters():
-            p.requires_grad_(True)
+        for name, p in policy.named_parameters():
+            p.requires_grad_(name in self._trainable)
         return policy
 
     def policy(self, t: int) -> Any:
@@ -180,6 +182,11 @@ class EMDPOTrainer:
         self._owner = np.repeat(np.arange(len(self.rankings)), self._lengths)  # ranking of each response
         self._prompt_ids = [prompt_ids[o] for o in self._owner]
         self._response_ids = [ids for ranking in response_ids for ids in ranking]
+        # users often rank the same responses to the same prompts: score each distinct sequence once
+        keys = [(*p, -1, *r) for p, r in zip(self._prompt_ids, self._response_ids, strict=True)]
+        first: dict[tuple[int, ...], int] = {}
+        self._unique_of = np.array([first.setdefault(k, len(first)) for k in keys], dtype=np.int64)
+        self._unique_rows = np.unique(self._unique_of, return_index=True)[1]
         self._offsets = np.concatenate([[0], np.cumsum(self._lengths)])
         ranking, better, worse = full_breaking_pairs(self._lengths)
         self._pair_ranking = ranking
@@ -196,15 +203,17 @@ class EMDPOTrainer:
         return self._score_model(self.policy(t), f"type {t}")
 
     def _score_model(self, model: Any, name: str) -> torch.Tensor:
-        return completion_logps(
+        rows = self._unique_rows
+        unique = completion_logps(
             model,
-            self._prompt_ids,
-            self._response_ids,
+            [self._prompt_ids[i] for i in rows],
+            [self._response_ids[i] for i in rows],
             pad_token_id=self.tokenizer.pad_token_id,
             batch_size=self.score_batch_size,
             progress=True,
             desc=f"scoring responses ({name})",
         )
+        return unique[torch.as_tensor(self._unique_of)]
 
     def _pair_dataset(self, weights: np.ndarray | None) -> Dataset:
         pr, b, w = self._pair_ranking, self._pair_better, self._pair_worse

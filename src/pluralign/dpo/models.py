@@ -19,7 +19,14 @@ import torch
 
 from pluralign.errors import PluralignError
 
-__all__ = ["SMOLLM2_GGUF", "load_smollm2", "smollm2_folder", "tiny_causal_lm", "word_tokenizer"]
+__all__ = [
+    "SMOLLM2_GGUF",
+    "load_smollm2",
+    "smollm2_folder",
+    "tiny_causal_lm",
+    "train_last_blocks",
+    "word_tokenizer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +109,22 @@ def word_tokenizer(texts: list[str], *, eos_token: str = "</s>", pad_token: str 
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token=eos_token, pad_token=pad_token, unk_token="<unk>"
     )
+
+
+def train_last_blocks(model: Any, n_blocks: int) -> Any:
+    """Freeze everything except the last ``n_blocks`` decoder blocks and the final norm (in place).
+
+    Backpropagation then stops at the first trainable block, which makes a DPO step on CPU several times
+    cheaper than full fine-tuning; the output head stays frozen (it is tied to the input embeddings).
+    """
+    layers = model.model.layers
+    if not 1 <= n_blocks <= len(layers):
+        raise ValueError(f"n_blocks must be in 1..{len(layers)}, got {n_blocks}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in layers[len(layers) - n_blocks :]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    for p in model.model.norm.parameters():
+        p.requires_grad_(True)
+    return model
