@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding clean
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load bench-active-onboarding
+bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-pal-large
 
 bench-synthetic: venv  ## PAL paper Sec. 4.2: accuracy vs K and the few-shot curve (JSON + PNG in runs/bench)
 	$(BIN)/pluralign bench synthetic --out runs/bench/synthetic
@@ -65,3 +65,12 @@ bench-serve-load: venv  ## the reward service under bounded loopback load: throu
 
 bench-active-onboarding: venv  ## new users: answers to reach seen accuracy - 1 pt, info-gain/variance/uncertainty vs random questions (JSON + PNG)
 	$(BIN)/pluralign bench active-onboarding --out runs/bench/active_onboarding
+
+bench-grow: venv  ## grow a prototype for an unseen persona group: accuracy before/after, time vs retraining
+	$(BIN)/pluralign bench grow --out runs/bench/grow
+
+bench-limits: venv  ## memory per million comparisons, in RAM vs memory-mapped arrays, at 1M/4M/16M (JSON in runs/bench/limits)
+	$(BIN)/pluralign bench limits --out runs/bench/limits
+
+bench-pal-large: venv  ## PAL-B Tiny vs Large (encoder fine-tuned), logistic vs cumulative loss, Persona subsets (~4 min)
+	$(BIN)/pluralign bench pal-large --out runs/bench/pal_large

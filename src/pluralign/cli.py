@@ -759,6 +759,9 @@ BENCHMARKS = {
     "train-speed": "Training comparisons/s and peak RSS: index-based fit vs a naive DataLoader pipeline.",
     "persona": "PAL App. D.4: `full` (40M comparisons) or `sweeps` (K* x K, n_p, d, few-shot).",
     "serve-load": "`pluralign serve` under load: score/feedback throughput, p50/p99 latency, paced p99.",
+    "pal-large": "PAL-B Tiny vs Large (MiniLM fine-tuned), logistic vs cumulative loss, on Persona subsets.",
+    "limits": "Memory per million comparisons (RSS, anonymous), in RAM vs memory-mapped arrays, by size.",
+    "grow": "Growing a prototype for an unseen persona group vs retraining from scratch (Persona, synthetic).",
     "active-onboarding": "New users: answers needed to reach seen-user accuracy, active vs random questions.",
 }
 
