@@ -160,7 +160,8 @@ def synthetic_setup(args: argparse.Namespace, seed: int) -> tuple[PALEstimator, 
         model="pal_a", setting="mixture", dim=16, n_prototypes=3, n_users=100, n_train=100, n_test=50,
         n_unseen_users=args.synthetic_users, n_unseen_per_user=args.pool, seed=seed,
     )  # fmt: skip
-    est = PALA(n_prototypes=3, dim=16, seed=seed, **SYNTHETIC_PARAMS).fit(data.train)
+    params = {**SYNTHETIC_PARAMS, "epochs": args.synthetic_epochs}
+    est = PALA(n_prototypes=3, dim=16, seed=seed, **params).fit(data.train)
     return est, data.test, data.unseen, data.unseen_test, "PAL-A K=3"
 
 
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--particles", type=int, default=512)
     parser.add_argument("--lapse", type=float, default=0.05)
     parser.add_argument("--synthetic-users", type=int, default=300, help="new users per seed")
+    parser.add_argument("--synthetic-epochs", type=int, default=SYNTHETIC_PARAMS["epochs"])
     parser.add_argument("--persona-users-per-persona", type=int, default=250, help="seen users per persona")
     parser.add_argument("--persona-queries", type=int, default=200, help="questions per seen user")
     parser.add_argument("--persona-new-users-per-persona", type=int, default=250)

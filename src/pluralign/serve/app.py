@@ -326,6 +326,40 @@ class Service:
         n = int(fitted.loc[user_id, "n_comparisons"])
         return self.store.record_feedback(user_id, new, weights.tolist(), n)
 
+    def active_question(
+        self,
+        user_id: str,
+        strategy: str,
+        pool: tuple[list[tuple[str, str, str]], dict[str, np.ndarray]],
+        answers: tuple[list[tuple[str, str, str]], dict[str, np.ndarray]],
+    ) -> tuple[int, float]:
+        """Position of the next question in ``pool`` (rows prompt, a, b and their vectors) for a user with
+        the stored ``answers`` (rows prompt, chosen, rejected), and its P(a); pluralign.training.active."""
+        from pluralign.training.active import next_questions
+
+        def embedded(rows: list[tuple[str, str, str]], vec: dict[str, np.ndarray], names: tuple[str, ...]):
+            n = len(rows)
+            return PreferenceData(
+                user=np.zeros(n, dtype=np.int64),
+                context=np.arange(n),
+                chosen=np.arange(n),
+                rejected=np.arange(n, 2 * n),
+                user_ids=np.array([user_id], dtype=object),
+                contexts=np.array([r[0] for r in rows], dtype=object),
+                items=np.array([r[1] for r in rows] + [r[2] for r in rows], dtype=object),
+                item_vectors=np.concatenate([vec[names[1]], vec[names[2]]]),
+                context_vectors=vec[names[0]],
+            )
+
+        candidates = embedded(*pool, ("prompt", "a", "b"))
+        names = ("answers.prompt", "answers.chosen", "answers.rejected")
+        stored = embedded(*answers, names) if answers[0] else None
+        # answered pairs were already left out (or deliberately kept, skip_answered=false)
+        out = next_questions(
+            self.est, candidates, stored, users=[user_id], strategy=strategy, skip_answered=False
+        )
+        return int(out["index"].iloc[0]), float(out["p_a"].iloc[0])
+
     def stored_user_updated(self, user: StoredUser) -> None:
         self.state_users[user.user_id] = user
         self._state_weights[user.user_id] = torch.tensor(user.weights, dtype=torch.float32)
@@ -604,12 +638,36 @@ def create_app(
                 "b": [c.b for c in chosen],
             }
         )
-        items = np.concatenate([vectors["a"], vectors["b"]])
-        contexts = np.concatenate([vectors["prompt"], vectors["prompt"]])
-        rewards = service.rewards(user.weights, items, contexts)
         m = len(chosen)
-        p_a = 1.0 / (1.0 + np.exp(-(rewards[:m] - rewards[m:])))
-        best = int(np.argmin(np.abs(p_a - 0.5)))
+        strategy = body.strategy
+        if (
+            strategy != "uncertainty"
+            and body.user_id not in service.state_users
+            and service.known(body.user_id)
+        ):
+            strategy = "uncertainty"  # weights from the checkpoint, no stored answers to build a posterior on
+        if strategy == "uncertainty":
+            items = np.concatenate([vectors["a"], vectors["b"]])
+            contexts = np.concatenate([vectors["prompt"], vectors["prompt"]])
+            rewards = service.rewards(user.weights, items, contexts)
+            p_a = 1.0 / (1.0 + np.exp(-(rewards[:m] - rewards[m:])))
+            best = int(np.argmin(np.abs(p_a - 0.5)))
+        else:
+            stored, answers = [], {}
+            if body.user_id in service.state_users:
+                stored = await run_in_threadpool(service.store.comparisons, body.user_id)
+                answers = await service.vectors(
+                    {
+                        "answers.prompt": [p for p, _, _ in stored],
+                        "answers.chosen": [c for _, c, _ in stored],
+                        "answers.rejected": [r for _, _, r in stored],
+                    }
+                )
+            pool_rows = [(c.prompt, c.a, c.b) for c in chosen]
+            best, p_best = await run_in_threadpool(
+                service.active_question, body.user_id, strategy, (pool_rows, vectors), (stored, answers)
+            )
+            p_a = np.full(m, p_best)
         pick = chosen[best]
         return NextQuestionResponse(
             user_id=body.user_id,
@@ -619,6 +677,7 @@ def create_app(
             a=pick.a,
             b=pick.b,
             p_a=float(p_a[best]),
+            strategy=strategy,
             n_candidates=m,
         )
 

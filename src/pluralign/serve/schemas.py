@@ -128,6 +128,14 @@ class NextQuestionRequest(_Body):
     skip_answered: bool = Field(
         default=True, description="Leave out pairs the user has already compared (same prompt, same pair)."
     )
+    strategy: Literal["uncertainty", "info-gain", "variance", "random"] = Field(
+        default="uncertainty",
+        description="'uncertainty': the pair whose answer is nearest a coin flip at the user's current "
+        "weights; 'info-gain' / 'variance': the pair whose answer tells most about the user's weights "
+        "(mutual information / expected posterior variance reduction, from the user's stored answers); "
+        "'random'. "
+        "Users known only from the checkpoint always get 'uncertainty'.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -153,9 +161,10 @@ class NextQuestionResponse(BaseModel):
     a: str
     b: str
     p_a: float = Field(
-        description="Probability, under the user's current weights, that they prefer a over b; the chosen "
-        "pair is the one closest to 0.5 (the answer the model is least sure of)."
+        description="Probability that the user prefers a over b: at their current weights for 'uncertainty' "
+        "(the chosen pair is the one closest to 0.5), the posterior predictive for the other strategies."
     )
+    strategy: str = Field(default="uncertainty", description="The strategy that chose the pair.")
     n_candidates: int = Field(description="Candidates considered (after leaving out answered pairs).")
 
 

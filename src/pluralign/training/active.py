@@ -460,17 +460,18 @@ def _candidate_data(estimator: PALEstimator, candidates: Any) -> PreferenceData:
         raise PluralignError("the candidate pool is empty")
     for name in ("prompt", "a", "b"):
         if name not in frame.columns:
-            raise DataError(f"candidates: missing column '{name}'", field=name)
+            raise DataError("missing column", path="candidates", field=name)
         values = frame[name]
         bad = ~values.map(lambda v: isinstance(v, str)).to_numpy()
         if name != "prompt":  # responses must say something; a prompt may be empty
             bad |= (values.astype(str).str.strip() == "").to_numpy()
         if bad.any():
             line = int(np.flatnonzero(bad)[0]) + 1
-            raise DataError("candidates: expected a non-empty string", line=line, field=name)
+            raise DataError("expected a non-empty string", path="candidates", line=line, field=name)
     same = (frame["a"] == frame["b"]).to_numpy()
     if same.any():
-        raise DataError("candidates: is identical to 'a'", line=int(np.flatnonzero(same)[0]) + 1, field="b")
+        line = int(np.flatnonzero(same)[0]) + 1
+        raise DataError("is identical to 'a'", path="candidates", line=line, field="b")
     frame = pd.DataFrame(
         {"user_id": "candidates", "prompt": frame["prompt"], "chosen": frame["a"], "rejected": frame["b"]}
     )
@@ -495,8 +496,10 @@ def next_questions(
     lapse: float = 0.05,
     temperature: float = 1.0,
     seed: int | None = None,
+    skip_answered: bool = True,
 ) -> pd.DataFrame:
-    """The next question for each user: ``PALEstimator.next_questions`` (see there)."""
+    """The next question for each user: ``PALEstimator.next_questions`` (see there). ``skip_answered``
+    False keeps pairs a user already answered among the candidates."""
     check_strategy(strategy)
     estimator._check_fitted()
     model = estimator.model_
@@ -525,10 +528,11 @@ def next_questions(
         # the user chose `chosen` over `rejected`: a pair (a = chosen, b = rejected) answered "a"
         answer_phi = pair_features(model, estimator._batch(answered, user), estimator._tables(answered))
         posterior.observe(torch.from_numpy(user), answer_phi, torch.ones(len(user), dtype=torch.bool))
-        hits = pd.DataFrame({"key": _pair_keys(answered), "user": user}).merge(
-            pd.DataFrame({"key": _pair_keys(pool), "row": np.arange(len(pool))}), on="key"
-        )
-        asked[torch.tensor(hits["user"].to_numpy()), torch.tensor(hits["row"].to_numpy())] = True
+        if skip_answered:
+            hits = pd.DataFrame({"key": _pair_keys(answered), "user": user}).merge(
+                pd.DataFrame({"key": _pair_keys(pool), "row": np.arange(len(pool))}), on="key"
+            )
+            asked[torch.tensor(hits["user"].to_numpy()), torch.tensor(hits["row"].to_numpy())] = True
         if strategy == "uncertainty":  # at the estimator's own few-shot fit, as score() would use
             fitted = estimator.fit_weights(answered)
             point = estimator.zero_shot_weights_.double().expand(len(ids), -1).clone()
