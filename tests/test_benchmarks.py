@@ -67,3 +67,18 @@ def test_persona_sweeps_benchmark(tmp_path):
     assert set(results["k_grid"]["accuracy"]) == {"2"}
     assert results["few_shot"]["series"]["K=2"]["shots"] == [0, 5]
     assert (tmp_path / "sweeps.png").stat().st_size > 0
+
+
+def test_pal_large_benchmark(tmp_path):
+    argv = ["--tasks", "statements", "--users-per-persona", "1", "--queries", "24", "--train-rows", "8",
+            "--batch-size", "4", "--max-length", "16", "--tiny-long-epochs", "0", "--no-bf16",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]  # fmt: skip
+    assert _main("pal_large")(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]["statements"]["rows"]
+    assert [r["model"] for r in rows] == [
+        "Tiny, logistic (baseline)",
+        "Tiny, cumulative",
+        "Large, logistic",
+        "Large, cumulative",
+    ]
+    assert rows[0]["step_time_vs_baseline"] == 1.0 and all(0 <= r["test_accuracy"] <= 1 for r in rows)
