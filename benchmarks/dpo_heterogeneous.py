@@ -1,0 +1,549 @@
+"""DPO, MixDPO and EM-DPO on a preference task with known user types, on SmolLM2-135M (CPU).
+
+    pluralign bench dpo-heterogeneous [--model smollm2|tiny] [--users 24] [--out DIR]
+    python benchmarks/dpo_heterogeneous.py --help
+
+Task. Users answer "What do you think of <topic>?" by ranking three responses written in three styles
+(short, formal, enthusiastic). Each user has a latent type that fixes their ranking:
+    A: short > formal > enthusiastic;  B: enthusiastic > formal > short;  C: formal > enthusiastic > short
+Heterogeneous data mix A/B 70/30 (or A/B/C 50/30/20 with --types 3); the homogeneous control is all A.
+Every user ranks a random subset of training topics; held-out topics are never trained on.
+
+Reported in one run (same data, same base model, same step budget):
+- per-type held-out preference accuracy (implicit reward log pi - log pi_ref orders the 3 responses of
+  each held-out topic as the type does; all 3 pairs) and the macro average, for DPO, MixDPO (LogNormal and
+  Gamma) and EM-DPO (each user's held-out pairs scored by the policy of their most probable type);
+- EM-DPO type recovery (adjusted Rand index) from 3-rankings vs from one random pair per ranking;
+- MMRA: worst-type regret of the min-max-regret mixture over EM-DPO's policies (mixture weights from
+  EM-DPO's own implicit-reward values, no labels) vs DPO's single policy, both measured with the true
+  utilities (best response 1, middle 0.5, worst 0) when a policy picks among a held-out topic's responses
+  with its own probabilities;
+- MixDPO's learned spread of beta (cv = std / mean) on heterogeneous vs homogeneous data;
+- step time MixDPO / DPO, measured as alternating forward+backward passes on the same batches.
+Only the last two decoder blocks train (``train_last_blocks``); reference log-probs are computed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from pluralign.atomic import atomic_write_json
+
+TOPICS = [
+    "tea",
+    "chess",
+    "jazz",
+    "hiking",
+    "pizza",
+    "winter",
+    "poetry",
+    "cycling",
+    "coffee",
+    "soccer",
+    "opera",
+    "camping",
+    "sushi",
+    "painting",
+    "running",
+    "baking",
+    "gardening",
+    "sailing",
+    "skiing",
+    "museums",
+    "podcasts",
+    "theater",
+    "surfing",
+    "knitting",
+    "astronomy",
+    "yoga",
+    "tennis",
+    "rowing",
+    "photography",
+    "cooking",
+    "climbing",
+    "fishing",
+    "dancing",
+    "karaoke",
+    "origami",
+    "pottery",
+    "swimming",
+    "trains",
+    "volcanoes",
+    "bicycles",
+    "puzzles",
+    "libraries",
+    "mountains",
+    "rivers",
+    "forests",
+    "deserts",
+]
+STYLES = ("short", "formal", "enthusiastic")
+TYPES = {"A": (0, 1, 2), "B": (2, 1, 0), "C": (1, 2, 0)}  # style indices, best first
+MIXES = {2: {"A": 0.7, "B": 0.3}, 3: {"A": 0.5, "B": 0.3, "C": 0.2}}
+
+log = logging.getLogger("dpo_heterogeneous")
+
+
+def responses(topic: str) -> list[str]:
+    return [
+        f" {topic.capitalize()} is good.",
+        f" In my considered view, {topic} merits appreciation.",
+        f" Oh wow, {topic} is totally awesome, love it!",
+    ]
+
+
+def prompt(topic: str) -> str:
+    return f"What do you think of {topic}?"
+
+
+def make_task(
+    n_users: int, mix: dict[str, float], n_train_topics: int, per_user: int, n_test_topics: int, seed: int
+) -> dict[str, Any]:
+    """Users with planted types ranking training topics; held-out topics for evaluation."""
+    rng = np.random.default_rng(seed)
+    topics = rng.permutation(TOPICS)
+    if n_train_topics + n_test_topics > len(topics):
+        raise ValueError(f"only {len(topics)} topics: lower --train-topics or --test-topics")
+    train_topics, test_topics = (
+        topics[:n_train_topics],
+        topics[n_train_topics : n_train_topics + n_test_topics],
+    )
+    names = list(mix)
+    counts = np.floor(np.array([mix[n] for n in names]) * n_users).astype(int)
+    counts[0] += n_users - counts.sum()
+    user_type = np.repeat(names, counts)
+    rows, pair_rows = [], []
+    for u, kind in enumerate(user_type):
+        order = TYPES[kind]
+        for topic in rng.choice(train_topics, size=per_user, replace=False):
+            ranked = [responses(topic)[i] for i in order]
+            rows.append({"user_id": f"user{u:03d}", "prompt": prompt(topic), "responses": ranked})
+            keep = np.sort(rng.choice(3, size=2, replace=False))
+            pair_rows.append(
+                {"user_id": f"user{u:03d}", "prompt": prompt(topic), "responses": [ranked[k] for k in keep]}
+            )
+    users = [f"user{u:03d}" for u in range(n_users)]
+    return {
+        "rankings": pd.DataFrame(rows),
+        "pairs": pd.DataFrame(pair_rows),
+        "user_type": dict(zip(users, user_type.tolist(), strict=True)),
+        "test_topics": list(test_topics),
+        "types": names,
+    }
+
+
+# --- models -------------------------------------------------------------------------------------------
+def load_base(kind: str, blocks: int) -> tuple[Any, Any]:
+    from pluralign.dpo.models import load_smollm2, tiny_causal_lm, train_last_blocks, word_tokenizer
+
+    if kind == "smollm2":
+        model, tokenizer = load_smollm2()
+    else:
+        texts = [prompt(t) + " ".join(responses(t)) for t in TOPICS]
+        tokenizer = word_tokenizer(texts)
+        model = tiny_causal_lm(len(tokenizer), hidden_size=64, layers=2)
+        blocks = min(blocks, 2)
+    return train_last_blocks(model, blocks), tokenizer
+
+
+def dpo_args(cls: Any, out: Path, name: str, settings: argparse.Namespace, **extra: Any) -> Any:
+    return cls(
+        output_dir=str(out / "runs" / name),
+        per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.lr,
+        beta=settings.beta,
+        report_to=[],
+        use_cpu=True,
+        seed=settings.seed,
+        disable_tqdm=False,
+        logging_steps=5,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=True,
+        **extra,
+    )
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+def topic_logps(model: Any, tokenizer: Any, topics: list[str]) -> np.ndarray:
+    """log pi(y | x) of the 3 styles for each topic: [topics, 3]."""
+    from pluralign.dpo.data import rankings_from_records, tokenize_rankings
+    from pluralign.dpo.logps import completion_logps
+
+    frame = rankings_from_records(
+        [{"user_id": "eval", "prompt": prompt(t), "responses": responses(t)} for t in topics]
+    )
+    prompt_ids, response_ids = tokenize_rankings(tokenizer, frame)
+    flat_prompts = [p for p, rs in zip(prompt_ids, response_ids, strict=True) for _ in rs]
+    flat = [r for rs in response_ids for r in rs]
+    logps = completion_logps(model, flat_prompts, flat, pad_token_id=tokenizer.pad_token_id, batch_size=24)
+    return logps.numpy().reshape(len(topics), 3)
+
+
+def type_accuracy(implicit: np.ndarray, kind: str) -> float:
+    """Share of the 3 pairs per topic that the implicit reward orders as type ``kind`` does."""
+    order = TYPES[kind]
+    pairs = [(order[0], order[1]), (order[0], order[2]), (order[1], order[2])]
+    return float(np.mean([(implicit[:, a] > implicit[:, b]).mean() for a, b in pairs]))
+
+
+def utility(kind: str) -> np.ndarray:
+    """True utility of each style for a type: best 1, middle 0.5, worst 0."""
+    u = np.empty(3)
+    u[list(TYPES[kind])] = [1.0, 0.5, 0.0]
+    return u
+
+
+def policy_values(logps: np.ndarray, kinds: list[str]) -> np.ndarray:
+    """Expected true utility per type when the policy picks among each topic's responses: [types]."""
+    choice = np.exp(logps - logps.max(1, keepdims=True))
+    choice /= choice.sum(1, keepdims=True)
+    return np.array([(choice @ utility(k)).mean() for k in kinds])
+
+
+# --- methods ------------------------------------------------------------------------------------------
+def train_single(
+    name: str,
+    base: Any,
+    tokenizer: Any,
+    data: pd.DataFrame,
+    out: Path,
+    settings: argparse.Namespace,
+    **mix: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """DPO (no ``mix``) or MixDPO on the full-breaking pairs; returns the trainer and its record."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from pluralign.dpo.data import rankings_to_pairs
+    from pluralign.dpo.trainers import MixDPOConfig, MixDPOTrainer, PluralDPOTrainer
+
+    pairs = rankings_to_pairs(data).drop(columns=["ranking"])
+    if mix:
+        extra = {"beta_spread": settings.beta_spread, "beta_learning_rate": settings.beta_lr, **mix}
+        args = dpo_args(MixDPOConfig, out, name, settings, **extra)
+        cls = MixDPOTrainer
+    else:
+        args, cls = dpo_args(DPOConfig, out, name, settings), PluralDPOTrainer
+    model = copy.deepcopy(base)
+    trainer = cls(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=Dataset.from_pandas(pairs),
+        processing_class=tokenizer,
+    )
+    start = time.perf_counter()
+    result = trainer.train()
+    record = {
+        "method": name,
+        "train_seconds": time.perf_counter() - start,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+    }
+    if mix:
+        record["beta"] = trainer.beta_stats()
+    return trainer, record
+
+
+def evaluate_single(trainer: Any, tokenizer: Any, ref_test: np.ndarray, task: dict, record: dict) -> dict:
+    logps = topic_logps(trainer.model, tokenizer, task["test_topics"])
+    implicit = logps - ref_test
+    kinds = task["types"]
+    record["accuracy"] = {k: type_accuracy(implicit, k) for k in kinds}
+    record["macro_accuracy"] = float(np.mean(list(record["accuracy"].values())))
+    record["values"] = policy_values(logps, kinds).tolist()
+    return record
+
+
+def run_em(
+    name: str,
+    base: Any,
+    tokenizer: Any,
+    data: pd.DataFrame,
+    task: dict,
+    ref_test: np.ndarray,
+    out: Path,
+    settings,
+) -> tuple[dict, Any]:
+    from sklearn.metrics import adjusted_rand_score
+    from trl import DPOConfig
+
+    from pluralign.dpo.em import EMDPOTrainer
+
+    em = EMDPOTrainer(
+        copy.deepcopy(base),
+        args=dpo_args(DPOConfig, out, name, settings),
+        train_dataset=data,
+        processing_class=tokenizer,
+        n_types=len(task["types"]),
+        n_iterations=settings.em_iterations,
+        seed=settings.seed,
+    )
+    start = time.perf_counter()
+    em.train()
+    seconds = time.perf_counter() - start
+    assigned = em.assignments()
+    truth = [task["user_type"][u] for u in assigned.index]
+    record: dict[str, Any] = {
+        "method": name,
+        "train_seconds": seconds,
+        "ari": float(adjusted_rand_score(truth, assigned.to_numpy())),
+        "eta": em.eta_.tolist(),
+        "history": em.history_,
+    }
+    # each user's held-out pairs scored by the policy of their most probable type
+    per_policy = [topic_logps(em.policy(t), tokenizer, task["test_topics"]) for t in range(em.n_types)]
+    kinds = task["types"]
+    record["accuracy"] = {}
+    for kind in kinds:
+        users = assigned[[t == kind for t in truth]]
+        accs = [type_accuracy(per_policy[t] - ref_test, kind) for t in users.to_numpy()]
+        record["accuracy"][kind] = float(np.mean(accs))
+    record["macro_accuracy"] = float(np.mean(list(record["accuracy"].values())))
+    # MMRA: weights from EM's own implicit-reward values (no labels), regret with the true utilities
+    mmra, _ = em.mmra()
+    values = np.stack([policy_values(lp, kinds) for lp in per_policy], axis=1)  # [types, policies]
+    record["mmra_weights"] = mmra.weights.tolist()
+    record["mmra_values"] = (values @ mmra.weights).tolist()
+    record["policy_values"] = values.tolist()
+    return record, em
+
+
+# --- step time ----------------------------------------------------------------------------------------
+def step_times(trainers: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Median forward+backward seconds per method, alternating methods on the same batches."""
+    batches = []
+    any_trainer = next(iter(trainers.values()))
+    loader = iter(any_trainer.get_train_dataloader())
+    for _ in range(rounds):
+        try:
+            batches.append(any_trainer._prepare_inputs(next(loader)))
+        except StopIteration:
+            loader = iter(any_trainer.get_train_dataloader())
+            batches.append(any_trainer._prepare_inputs(next(loader)))
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for batch in batches:
+        for name, trainer in trainers.items():
+            trainer.model.train()
+            start = time.perf_counter()
+            loss = trainer.compute_loss(trainer.model, batch)
+            loss.backward()
+            times[name].append(time.perf_counter() - start)
+            trainer.model.zero_grad(set_to_none=True)
+    return {name: statistics.median(ts[1:] if len(ts) > 2 else ts) for name, ts in times.items()}
+
+
+# --- main ---------------------------------------------------------------------------------------------
+def run(settings: argparse.Namespace, console: Console) -> dict[str, Any]:
+    torch.manual_seed(settings.seed)
+    out = settings.out
+    mix = MIXES[settings.types]
+    task = make_task(
+        settings.users, mix, settings.train_topics, settings.per_user, settings.test_topics, settings.seed
+    )
+    homogeneous = make_task(
+        settings.users,
+        {"A": 1.0},
+        settings.train_topics,
+        settings.per_user,
+        settings.test_topics,
+        settings.seed,
+    )
+    console.print(
+        f"{settings.users} users ({', '.join(f'{k} {v:.0%}' for k, v in mix.items())}), "
+        f"{len(task['rankings'])} training rankings of 3, {len(task['test_topics'])} held-out topics; "
+        f"model {settings.model}, {torch.get_num_threads()} torch thread(s)"
+    )
+    base, tokenizer = load_base(settings.model, settings.blocks)
+    ref_test = topic_logps(base, tokenizer, task["test_topics"])
+    results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}, "methods": []}
+    results["settings"]["torch_threads"] = torch.get_num_threads()
+    results["reference_values"] = policy_values(ref_test, task["types"]).tolist()
+
+    singles = {
+        "DPO": {},
+        "MixDPO-LogNormal": {"beta_distribution": "lognormal"},
+        "MixDPO-Gamma": {"beta_distribution": "gamma"},
+    }
+    trained = {}
+    for name, extra in singles.items():
+        console.print(f"[bold]{name}[/] (heterogeneous)")
+        trainer, record = train_single(name, base, tokenizer, task["rankings"], out, settings, **extra)
+        results["methods"].append(evaluate_single(trainer, tokenizer, ref_test, task, record))
+        trained[name] = trainer
+
+    console.print("[bold]step time[/]: alternating forward+backward on the same batches")
+    times = step_times(trained, settings.timing_rounds)
+    results["step_seconds"] = times
+    results["step_ratio"] = {name: times[name] / times["DPO"] for name in times}
+    dpo_record = results["methods"][0]
+    del trained
+    gc.collect()
+
+    results["homogeneous"] = []
+    for name in ("MixDPO-LogNormal", "MixDPO-Gamma"):
+        console.print(f"[bold]{name}[/] (homogeneous control)")
+        trainer, record = train_single(
+            f"{name}-homogeneous", base, tokenizer, homogeneous["rankings"], out, settings, **singles[name]
+        )
+        results["homogeneous"].append(record)
+        del trainer
+        gc.collect()
+
+    for data_name in ("rankings", "pairs"):
+        console.print(f"[bold]EM-DPO[/] on {data_name}")
+        record, em = run_em(
+            f"EM-DPO ({data_name})", base, tokenizer, task[data_name], task, ref_test, out, settings
+        )
+        results["methods"].append(record)
+        del em
+        gc.collect()
+
+    em_rank = results["methods"][3]
+    dpo_values = np.array(dpo_record["values"])
+    results["regret"] = {
+        "DPO worst-type regret": float((1.0 - dpo_values).max()),
+        "MMRA worst-type regret": float((1.0 - np.array(em_rank["mmra_values"])).max()),
+        "reference worst-type regret": float((1.0 - np.array(results["reference_values"])).max()),
+    }
+    atomic_write_json(out / "results.json", results)
+    plot(results, task["types"], out / "dpo_heterogeneous.png")
+    return results
+
+
+def plot(results: dict, kinds: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pluralign.report.plots import save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    methods = results["methods"]
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        axes[0].bar(
+            np.arange(len(methods)) + i * width,
+            [m["accuracy"][kind] for m in methods],
+            width,
+            label=f"type {kind}",
+        )
+    axes[0].set_xticks(np.arange(len(methods)) + width * (len(kinds) - 1) / 2)
+    axes[0].set_xticklabels([m["method"] for m in methods], rotation=20, ha="right", fontsize=8)
+    axes[0].set_ylabel("held-out preference accuracy")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("Per-type accuracy")
+    hetero = {m["method"]: m["beta"]["cv"] for m in methods if "beta" in m}
+    homo = {m["method"].removesuffix("-homogeneous"): m["beta"]["cv"] for m in results["homogeneous"]}
+    names = list(hetero)
+    axes[1].bar(np.arange(len(names)) - 0.2, [hetero[n] for n in names], 0.4, label="heterogeneous")
+    axes[1].bar(np.arange(len(names)) + 0.2, [homo[n] for n in names], 0.4, label="homogeneous")
+    axes[1].set_xticks(np.arange(len(names)))
+    axes[1].set_xticklabels(names, fontsize=8)
+    axes[1].set_ylabel("learned cv of beta (std / mean)")
+    axes[1].legend(fontsize=8)
+    axes[1].set_title("MixDPO: spread of beta")
+    regret = results["regret"]
+    axes[2].bar(range(len(regret)), list(regret.values()), color=["C3", "C2", "C7"])
+    axes[2].set_xticks(range(len(regret)))
+    axes[2].set_xticklabels([k.replace(" worst-type regret", "") for k in regret], fontsize=8)
+    axes[2].set_ylabel("worst-type regret (true utility)")
+    axes[2].set_title("Serving users of unknown type")
+    save_figure(fig, path)
+
+
+def print_tables(results: dict, kinds: list[str], console: Console) -> None:
+    table = Table(title="Held-out preference accuracy by user type (implicit reward)")
+    for col in ("method", *(f"type {k}" for k in kinds), "macro", "ARI", "train s"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for m in results["methods"]:
+        table.add_row(
+            m["method"],
+            *(f"{m['accuracy'][k]:.3f}" for k in kinds),
+            f"{m['macro_accuracy']:.3f}",
+            f"{m['ari']:.2f}" if "ari" in m else "",
+            f"{m['train_seconds']:.0f}",
+        )
+    console.print(table)
+    table = Table(title="MixDPO learned beta: heterogeneous vs homogeneous data")
+    for col in ("method", "data", "mean", "std", "cv"):
+        table.add_column(col, justify="left" if col in ("method", "data") else "right")
+    for m in results["methods"]:
+        if "beta" in m:
+            table.add_row(
+                m["method"], "heterogeneous", *(f"{m['beta'][k]:.4g}" for k in ("mean", "std", "cv"))
+            )
+    for m in results["homogeneous"]:
+        table.add_row(
+            m["method"].removesuffix("-homogeneous"),
+            "homogeneous",
+            *(f"{m['beta'][k]:.4g}" for k in ("mean", "std", "cv")),
+        )
+    console.print(table)
+    table = Table(title="Serving unknown users (worst-type regret, true utility) and step time")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in results["regret"].items():
+        table.add_row(key, f"{value:.3f}")
+    for name, ratio in results["step_ratio"].items():
+        table.add_row(f"step time {name} / DPO", f"{ratio:.3f}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    parser.add_argument("--types", type=int, choices=sorted(MIXES), default=2)
+    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--train-topics", type=int, default=30)
+    parser.add_argument("--per-user", type=int, default=6, help="training topics each user ranks")
+    parser.add_argument("--test-topics", type=int, default=12)
+    parser.add_argument("--epochs", type=float, default=1.0, help="epochs per training run (and per M-step)")
+    parser.add_argument("--em-iterations", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--beta", type=float, default=0.1, help="DPO beta; MixDPO's initial mean of beta")
+    parser.add_argument("--beta-spread", type=float, default=0.5, help="MixDPO's initial cv of beta")
+    parser.add_argument(
+        "--beta-lr", type=float, default=0.05, help="MixDPO's learning rate for beta's parameters"
+    )
+    parser.add_argument("--blocks", type=int, default=2, help="trainable last decoder blocks")
+    parser.add_argument("--timing-rounds", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/dpo_heterogeneous"))
+    settings = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    console = Console()
+    results = run(settings, console)
+    print_tables(results, list(MIXES[settings.types]), console)
+    console.print(f"wrote {settings.out / 'results.json'} and {settings.out / 'dpo_heterogeneous.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
