@@ -52,7 +52,16 @@ from pluralign.data.splits import split_per_user, split_users, take_per_user
 from pluralign.errors import DataError, PluralignError
 from pluralign.estimator import PALA, PALB, DataLike, PALEstimator
 
-__all__ = ["CRITERIA", "METRICS", "KSelection", "apply_rule", "choose_k", "log_loss", "select_k", "weight_spread"]
+__all__ = [
+    "CRITERIA",
+    "METRICS",
+    "KSelection",
+    "apply_rule",
+    "choose_k",
+    "log_loss",
+    "select_k",
+    "weight_spread",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +325,9 @@ def select_k(
     if criterion not in CRITERIA:
         raise PluralignError(f"unknown criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise PluralignError(f"folds must be an integer >= 2 (the rule needs fold-to-fold noise), got {folds}")
+        raise PluralignError(
+            f"folds must be an integer >= 2 (the rule needs fold-to-fold noise), got {folds}"
+        )
     if not 0.0 <= held_out_users < 1.0:
         raise PluralignError(f"held_out_users must be in [0, 1), got {held_out_users}")
     if not 0.0 < test_fraction < 1.0:
@@ -392,7 +403,9 @@ def select_k(
         scores={m: v.tolist() for m, v in scores.items()},
         decisions={c: asdict(d) for c, d in decisions.items()},
         heterogeneity=heterogeneity,
-        spread=[dict(zip(("entropy", "distance", "effective_k"), s.tolist(), strict=True)) for s in spread_mean],
+        spread=[
+            dict(zip(("entropy", "distance", "effective_k"), s.tolist(), strict=True)) for s in spread_mean
+        ],
         folds=fold_info,
         settings={
             "folds": folds,
