@@ -4,13 +4,16 @@ the CLI, and bad input."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from pluralign.checkpoint import config_digest
 from pluralign.cli import app
 from pluralign.data.readers import write_preferences
 from pluralign.datasets.synthetic import make_synthetic
@@ -138,6 +141,7 @@ def test_grown_checkpoint_round_trip(tmp_path, planted, grown):
     assert np.array_equal(loaded.margins(planted["seen_test"]), planted["est"].margins(planted["seen_test"]))
     # a blocks entry that does not match the tensors is refused
     config["prototype_blocks"] = [2, 2]
+    config["config_sha256"] = config_digest(config)  # re-sealed: reach the blocks check, not the checksum
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(PluralignError, match="prototype blocks"):
         PALEstimator.load(tmp_path / "m")
@@ -271,3 +275,19 @@ def test_cli_grow(planted, tmp_path):
     assert result.exit_code == 2 and "reference" in result.output and not (tmp_path / "other").exists()
     result = runner.invoke(app, [str(a) for a in [*args, "--n-new", 0, "--users", "x"]])
     assert result.exit_code == 2 and "n_new" in result.output
+
+
+@pytest.mark.slow
+def test_grow_benchmark_at_toy_size(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "bench_grow", Path(__file__).resolve().parents[1] / "benchmarks" / "grow.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--k-star", "2", "--users", "12", "--unseen-users", "4", "--queries", "40", "--steps", "10"]
+    argv += ["--repeats", "1", "--synthetic-epochs", "5", "--synthetic-grow-epochs", "5"]
+    assert module.main([*argv, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [r["k_after"] for r in results] == [2, 3]
+    assert all(r["old_groups_margins_identical"] and r["old_groups_drop_points"] == 0 for r in results)
+    assert (tmp_path / "grow.png").stat().st_size > 0

@@ -1,7 +1,8 @@
 """Checkpoints: a directory with config.json, model.safetensors and users.json, written atomically.
 
 No pickle anywhere: tensors go through safetensors, everything else is JSON. config.json records the
-sha256 of the tensor file, so a truncated or altered checkpoint is refused instead of loading wrong numbers.
+sha256 of the tensor file and of users.json, and of its own content (``config_sha256``, over the rest of the
+config), so a truncated, altered or hand-edited checkpoint is refused instead of loading wrong numbers.
 """
 
 from __future__ import annotations
@@ -56,7 +57,14 @@ def save_checkpoint(
         atomic_write_json(tmp / USERS, list(users))
         if extra is not None:
             config = {**config, **extra(tmp)}
-        full = {"format": FORMAT, "version": VERSION, "tensors_sha256": _sha256(tmp / TENSORS), **config}
+        full = {
+            "format": FORMAT,
+            "version": VERSION,
+            "tensors_sha256": _sha256(tmp / TENSORS),
+            "users_sha256": _sha256(tmp / USERS),
+            **config,
+        }
+        full["config_sha256"] = config_digest(json.loads(json.dumps(full)))  # digest of what loading sees
         atomic_write_json(tmp / CONFIG, full)
         old = None
         if directory.exists():
@@ -71,6 +79,12 @@ def save_checkpoint(
     return directory
 
 
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of a checkpoint config (canonical JSON, without its own ``config_sha256`` entry)."""
+    rest = {k: v for k, v in config.items() if k != "config_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
     """Read and verify a checkpoint; any problem raises CheckpointError naming the file."""
     directory = Path(directory)
@@ -80,9 +94,11 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, to
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: missing {name}; is this a pluralign checkpoint?")
     try:
-        config = json.loads((directory / CONFIG).read_text())
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{directory / CONFIG}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{directory / CONFIG}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{directory / CONFIG}: not a pluralign checkpoint (format field missing)")
     if config.get("version") != VERSION:
@@ -90,14 +106,23 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, to
             f"{directory / CONFIG}: checkpoint version {config.get('version')} is not supported "
             f"(this pluralign reads version {VERSION})"
         )
-    if _sha256(directory / TENSORS) != config.get("tensors_sha256"):
-        raise CheckpointError(f"{directory / TENSORS}: checksum mismatch: the file is corrupt or was changed")
+    # Checkpoints written before config_sha256 and users_sha256 existed lack them; tensors_sha256 is required.
+    if "config_sha256" in config and config_digest(config) != config["config_sha256"]:
+        raise CheckpointError(
+            f"{directory / CONFIG}: checksum mismatch: the file is corrupt or was edited after saving "
+            "(load the model and save it again to change settings)"
+        )
+    for name, key in ((TENSORS, "tensors_sha256"), (USERS, "users_sha256")):
+        if (key == "tensors_sha256" or key in config) and _sha256(directory / name) != config.get(key):
+            raise CheckpointError(
+                f"{directory / name}: checksum mismatch: the file is corrupt or was changed"
+            )
     try:
         tensors = load_file(str(directory / TENSORS))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{directory / TENSORS}: cannot read tensors ({exc})") from None
     try:
-        users = json.loads((directory / USERS).read_text())
+        users = json.loads((directory / USERS).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{directory / USERS}: not valid JSON ({exc})") from None
     if not isinstance(users, list) or not all(isinstance(u, str) for u in users):

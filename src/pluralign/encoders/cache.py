@@ -4,12 +4,16 @@ Layout of a cache directory (one encoder per directory)::
 
     meta.json                      {"format": "pluralign-embedding-cache", "version": 1, "encoder_id", "dim"}
     shard-<h>.vectors.npy          float32 [n, dim], memory-mapped on load
-    shard-<h>.keys.npy             S32 [n], sorted sha256(encoder_id + "\\0" + text) digests
+    shard-<h>.keys.npy             [n] records (key S32, sum <u8): sorted sha256(encoder_id + "\\0" + text)
+                                   digests and each row's checksum (older shards: S32 keys alone)
 
 Shards are immutable. A shard is written as two temp files, each fsynced and then renamed into place,
 vectors first: the keys file is the commit record, so a crash leaves either a whole shard or an orphan
 vectors file, which is ignored. ``<h>`` is the sha256 of the keys and vector bytes (``verify`` rechecks it).
-Loading reads only the keys (32 bytes a text), checks every header and file size, and maps the vectors.
+Loading reads only the keys (40 bytes a text), checks every header and file size, and maps the vectors.
+Every vector read is checked against its row checksum (a damaged byte is an error, never a wrong number) at
+the cost of touching only the rows read; shards written before row checksums existed are checked by
+``verify`` and gain row checksums when compaction rewrites them.
 Concurrent writers are safe: each writes new shards; a text encoded by two of them is stored twice, which
 is harmless (the first copy wins on load).
 """
@@ -23,6 +27,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
@@ -36,6 +41,7 @@ FORMAT = "pluralign-embedding-cache"
 VERSION = 1
 META = "meta.json"
 KEY_DTYPE = np.dtype("S32")
+RECORD_DTYPE = np.dtype([("key", "S32"), ("sum", "<u8")])
 VEC_DTYPE = np.dtype("<f4")
 # Leftovers of another live writer must survive; anything this old is from a crash.
 STALE_SECONDS = 3600.0
@@ -60,13 +66,16 @@ class _Vanished(PluralignError):
 
 
 class _Shard:
-    __slots__ = ("keys_path", "n", "name", "vectors", "vectors_path")
+    __slots__ = ("keys_path", "n", "name", "sums", "vectors", "vectors_path")
 
-    def __init__(self, name: str, keys_path: Path, vectors_path: Path, vectors: np.ndarray) -> None:
+    def __init__(
+        self, name: str, keys_path: Path, vectors_path: Path, vectors: np.ndarray, sums: np.ndarray | None
+    ) -> None:
         self.name = name
         self.keys_path = keys_path
         self.vectors_path = vectors_path
         self.vectors = vectors
+        self.sums = sums  # uint64 row checksums; None for shards written before they existed
         self.n = len(vectors)
 
 
@@ -185,7 +194,7 @@ class EmbeddingCache:
             raise PluralignError(
                 f"embedding cache shard {keys_path} has no vectors file {vectors_path}; {hint}"
             )
-        keys = _read_npy(keys_path, KEY_DTYPE, 1, hint, mmap=False)
+        keys, sums = _read_keys(keys_path, hint)
         vectors = _read_npy(vectors_path, VEC_DTYPE, 2, hint, mmap=True)
         if vectors.shape != (len(keys), self._dim):
             raise PluralignError(
@@ -195,7 +204,7 @@ class EmbeddingCache:
         # Written sorted and distinct: anything else means the keys were damaged.
         if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
             raise PluralignError(f"embedding cache shard {keys_path} has unsorted or repeated keys; {hint}")
-        return _Shard(name, keys_path, vectors_path, vectors), keys
+        return _Shard(name, keys_path, vectors_path, vectors, sums), keys
 
     def _set_index(self, key_parts: list[np.ndarray]) -> None:
         """Index all keys: sorted bytes for exact matching, their first 8 bytes as uint64 to search fast."""
@@ -291,7 +300,23 @@ class EmbeddingCache:
                 f"embedding cache shard {s.vectors_path} holds non-finite vectors (damaged file); delete "
                 f"{s.vectors_path.name} and {s.keys_path.name} (their texts will be encoded again)"
             )
+        self._check_rows(self._keys[where], out, shard, row)
         return out, hit
+
+    def _check_rows(self, keys: np.ndarray, vectors: np.ndarray, shard: np.ndarray, row: np.ndarray) -> None:
+        """Compare rows read from shards with their stored checksums; a mismatch is a damaged file."""
+        for s in np.unique(shard):
+            sums = self._shards[s].sums
+            if sums is None:
+                continue
+            mine = np.flatnonzero(shard == s)
+            if (_row_sums(keys[mine], vectors[mine]) != sums[row[mine]]).any():
+                bad = self._shards[s]
+                raise PluralignError(
+                    f"embedding cache shard {bad.vectors_path} does not match its row checksums (damaged "
+                    f"file); delete {bad.vectors_path.name} and {bad.keys_path.name} (their texts will be "
+                    "encoded again)"
+                )
 
     # --- writing ---------------------------------------------------------------------------------------
     def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> int:
@@ -323,7 +348,8 @@ class EmbeddingCache:
         if name not in {s.name for s in self._shards}:
             vectors_path = self.directory / f"{name}.vectors.npy"
             mapped = _read_npy(vectors_path, VEC_DTYPE, 2, "", mmap=True)
-            self._shards.append(_Shard(name, self.directory / f"{name}.keys.npy", vectors_path, mapped))
+            sums = _row_sums(keys, vectors[rows])
+            self._shards.append(_Shard(name, self.directory / f"{name}.keys.npy", vectors_path, mapped, sums))
             self._merge_index(keys, len(self._shards) - 1)
         if len(self._shards) > self.max_shards:
             by_size = sorted(self._shards, key=lambda s: s.n)
@@ -338,7 +364,9 @@ class EmbeddingCache:
         atomic_write(vectors_path, lambda f: np.lib.format.write_array(f, vectors, allow_pickle=False))
         # The vectors' rename must be durable before the keys' rename can commit the shard.
         _fsync_dir(self.directory)
-        atomic_write(keys_path, lambda f: np.lib.format.write_array(f, keys, allow_pickle=False))
+        records = np.empty(len(keys), dtype=RECORD_DTYPE)
+        records["key"], records["sum"] = keys, _row_sums(keys, vectors)
+        atomic_write(keys_path, lambda f: np.lib.format.write_array(f, records, allow_pickle=False))
         _fsync_dir(self.directory)
         return name
 
@@ -367,6 +395,9 @@ class EmbeddingCache:
         for s in np.unique(shard_of):
             mine = np.flatnonzero(shard_of == s)
             vectors[mine] = self._shards[s].vectors[row_of[mine]]
+        # Never carry damage into the merged shard: rows are checked, older shards without row sums in full.
+        self._check_rows(keys, vectors, shard_of, row_of)
+        self._verify([self._shards[s] for s in np.unique(shard_of) if self._shards[s].sums is None])
         merged = self._write_shard(keys, vectors)
         for s in shards:
             if s.name == merged:
@@ -383,10 +414,16 @@ class EmbeddingCache:
         logger.info("merged %d shards of %s into one (%d texts)", len(shards), self.directory, len(keys))
 
     def verify(self) -> None:
-        """Re-read every shard and check it against the checksum in its name (``PluralignError`` if not)."""
-        for s in self._shards:
-            keys = _read_npy(s.keys_path, KEY_DTYPE, 1, "", mmap=False)
-            if s.name != f"shard-{_checksum(keys, np.asarray(s.vectors))}":
+        """Re-read every shard, check it against the checksum in its name and its row checksums."""
+        self._verify(self._shards)
+
+    def _verify(self, shards: list[_Shard]) -> None:
+        for s in shards:
+            keys, sums = _read_keys(s.keys_path, "")
+            vectors = np.asarray(s.vectors)
+            if s.name != f"shard-{_checksum(keys, vectors)}" or (
+                sums is not None and (_row_sums(keys, vectors) != sums).any()
+            ):
                 raise PluralignError(
                     f"embedding cache shard {s.vectors_path} does not match its checksum (damaged file); "
                     f"delete {s.vectors_path.name} and {s.keys_path.name} (their texts will be encoded again)"
@@ -479,14 +516,53 @@ def _checksum(keys: np.ndarray, vectors: np.ndarray) -> str:
     return digest.hexdigest()[:24]
 
 
+def _multipliers(n: int) -> np.ndarray:
+    """n fixed odd 64-bit numbers (splitmix64 of 1..n), the weights of the row checksum."""
+    z = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return (z ^ (z >> np.uint64(31))) | np.uint64(1)
+
+
+def _row_sums(keys: np.ndarray, vectors: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+    """Checksum of each (key, vector) row: its 32-bit words times fixed odd weights, summed mod 2**64.
+
+    Any change confined to one word (every single-bit or single-byte error) changes the sum, since an odd
+    weight times a nonzero difference below 2**32 is never 0 mod 2**64; wider damage goes unseen with
+    probability about 2**-64. Vectorized, in chunks of rows to bound the uint64 temporaries.
+    """
+    n = len(keys)
+    key_words = np.ascontiguousarray(keys, dtype=KEY_DTYPE).view("<u4").reshape(n, 8)
+    vec_words = np.ascontiguousarray(vectors, dtype=VEC_DTYPE).view("<u4").reshape(n, -1)
+    weights = _multipliers(8 + vec_words.shape[1])
+    out = np.empty(n, dtype=np.uint64)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        words = np.concatenate([key_words[part], vec_words[part]], axis=1).astype(np.uint64)
+        out[part] = words @ weights  # integer matmul wraps mod 2**64, as intended
+    return out
+
+
+def _read_keys(path: Path, hint: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A shard's keys (S32) and row checksums (None for shards written before row checksums)."""
+    records = _read_npy(path, (RECORD_DTYPE, KEY_DTYPE), 1, hint, mmap=False)
+    if records.dtype == KEY_DTYPE:
+        return records, None
+    return np.ascontiguousarray(records["key"]), np.ascontiguousarray(records["sum"])
+
+
 def _prefix(keys: np.ndarray) -> np.ndarray:
     """First 8 bytes of each key as big-endian uint64: same order as the bytes, but compared natively."""
     raw = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), 32)[:, :8]
     return np.ascontiguousarray(raw).view(">u8").reshape(len(keys)).astype(np.uint64)
 
 
-def _read_npy(path: Path, dtype: np.dtype, ndim: int, hint: str, *, mmap: bool) -> np.ndarray:
-    """An array from a .npy file after checking its header, dtype, rank and exact size (never unpickles)."""
+def _read_npy(
+    path: Path, dtype: np.dtype | tuple[np.dtype, ...], ndim: int, hint: str, *, mmap: bool
+) -> np.ndarray:
+    """An array from a .npy file after checking its header, dtype (one of ``dtype``), rank and exact size
+    (never unpickles)."""
+    allowed = dtype if isinstance(dtype, tuple) else (dtype,)
     hint = f"; {hint}" if hint else f"; delete {path.name}"
     try:
         with path.open("rb") as f:
@@ -499,10 +575,11 @@ def _read_npy(path: Path, dtype: np.dtype, ndim: int, hint: str, *, mmap: bool) 
                 raise ValueError(f"unsupported .npy version {version}")
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
-            if file_dtype != dtype or len(shape) != ndim or fortran:
+            if file_dtype not in allowed or len(shape) != ndim or fortran:
                 raise ValueError(
-                    f"dtype {file_dtype}, shape {shape}; expected {dtype} with {ndim} dimension(s)"
+                    f"dtype {file_dtype}, shape {shape}; expected {allowed[0]} with {ndim} dimension(s)"
                 )
+            dtype = file_dtype
             expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             if size != expected:
                 raise ValueError(f"{size} bytes, expected {expected} (truncated or damaged)")
@@ -512,8 +589,9 @@ def _read_npy(path: Path, dtype: np.dtype, ndim: int, hint: str, *, mmap: bool) 
                 # Mapping the open file (not the path) cannot race with a concurrent deletion.
                 return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
             return np.fromfile(f, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-    except (OSError, ValueError) as exc:
-        raise PluralignError(f"embedding cache file {path} is damaged: {exc}{hint}") from exc
+    # A damaged header reaches numpy's literal parser: SyntaxError, TokenError, TypeError, RecursionError.
+    except (OSError, ValueError, TypeError, SyntaxError, TokenError, RecursionError) as exc:
+        raise PluralignError(f"embedding cache file {path} is damaged: {exc!r}{hint}") from None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from tokenize import TokenError
 from typing import BinaryIO
 
 import numpy as np
@@ -22,6 +23,8 @@ from pluralign.errors import DataError, PluralignError
 KEY_COLUMNS = ("key", "id", "text")
 VECTOR_COLUMNS = ("vector", "embedding")
 SUFFIXES = (".npz", ".parquet")
+# What numpy's .npy header parser (ast.literal_eval) raises on a damaged header, besides ValueError.
+_HEADER_ERRORS = (SyntaxError, TokenError, TypeError, RecursionError, MemoryError)
 
 
 class PrecomputedEncoder:
@@ -129,7 +132,9 @@ def save_vectors(path: str | Path, keys: Sequence[str] | np.ndarray, vectors: np
             import pyarrow.parquet as pq
 
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-            pq.write_table(pa.table({"key": pa.array(keys.tolist(), pa.string()), "vector": column}), f)
+            table = pa.table({"key": pa.array(keys.tolist(), pa.string()), "vector": column})
+            # page checksums: a damaged byte is a read error, not a different vector (NPZ has zip CRCs)
+            pq.write_table(table, f, write_page_checksum=True)
 
     return atomic_write(path, write)
 
@@ -138,7 +143,7 @@ def save_vectors(path: str | Path, keys: Sequence[str] | np.ndarray, vectors: np
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, *_HEADER_ERRORS) as exc:
         raise DataError(f"cannot read NPZ file: {exc}", path=path) from exc
     with archive:
         names = set(archive.files)
@@ -163,8 +168,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
                         field=name,
                     ) from exc
                 raise DataError(f"cannot read array: {exc}", path=path, field=name) from exc
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise DataError(f"cannot read array: {exc}", path=path, field=name) from exc
+            except (OSError, zipfile.BadZipFile, EOFError, *_HEADER_ERRORS) as exc:
+                raise DataError(f"cannot read array: {exc!r}", path=path, field=name) from None
     keys = arrays["keys"]
     if keys.ndim != 1:
         raise DataError(f"keys must be 1-dimensional, got shape {keys.shape}", path=path, field="keys")
@@ -198,7 +203,7 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
             path=path,
         )
     try:
-        table = pq.read_table(path, columns=[key_col, vec_col])
+        table = pq.read_table(path, columns=[key_col, vec_col], page_checksum_verification=True)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot read Parquet file: {exc}", path=path) from exc
 
