@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large clean
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-pal-large
+bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-pal-large bench-select-k
 
 bench-synthetic: venv  ## PAL paper Sec. 4.2: accuracy vs K and the few-shot curve (JSON + PNG in runs/bench)
 	$(BIN)/pluralign bench synthetic --out runs/bench/synthetic
@@ -74,3 +74,9 @@ bench-limits: venv  ## memory per million comparisons, in RAM vs memory-mapped a
 
 bench-pal-large: venv  ## PAL-B Tiny vs Large (encoder fine-tuned), logistic vs cumulative loss, Persona subsets (~4 min)
 	$(BIN)/pluralign bench pal-large --out runs/bench/pal_large
+
+bench-dpo-heterogeneous: venv  ## DPO vs MixDPO vs EM-DPO + MMRA on planted user types, SmolLM2-135M (~30 min on 1 thread)
+	$(BIN)/pluralign bench dpo-heterogeneous --out runs/bench/dpo_heterogeneous
+
+bench-select-k: venv  ## choosing K: how often select-k picks K* over seeds (synthetic K* = 3, Persona K* = 2..6) vs argmax accuracy
+	$(BIN)/pluralign bench select-k --out runs/bench/select_k

@@ -32,6 +32,11 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 persona_app = typer.Typer(help="The PAL paper's Persona dataset (App. D.4).", no_args_is_help=True)
 app.add_typer(persona_app, name="persona")
+dpo_app = typer.Typer(
+    help="The DPO family on causal LMs (TRL): DPO, MixDPO, EM-DPO with MinMax-Regret Aggregation.",
+    no_args_is_help=True,
+)
+app.add_typer(dpo_app, name="dpo")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -578,6 +583,95 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
     emit([row], as_json, title=f"training (saved to {out / 'model'})")
 
 
+@app.command("select-k")
+@command
+def select_k_command(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Preferences (file or HF dataset directory).")],
+    k: Annotated[str, typer.Option("--k", help="K values: a range 1..6, a list 1,2,4, or both.")] = "1..6",
+    model: Annotated[ModelKind, typer.Option(help="pal-b or pal-a.")] = ModelKind.pal_b,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (seeded random splits).")] = 3,
+    held_out_users: Annotated[float, typer.Option(help="Share of users held out per fold.")] = 0.2,
+    test_fraction: Annotated[float, typer.Option(help="Share of each seen user's rows held out.")] = 0.2,
+    shots: Annotated[int, typer.Option(help="Answers a held-out user adapts on; the rest are scored.")] = 10,
+    criterion: Annotated[
+        str, typer.Option(help="combined, seen_log_loss, new_few_shot_accuracy, seen_accuracy, ...")
+    ] = "combined",
+    n_se: Annotated[float, typer.Option(help="Noise = this many paired standard errors ...")] = 1.0,
+    rel_tol: Annotated[
+        float, typer.Option(help="... plus this share of the criterion's range over K.")
+    ] = 0.01,
+    dim: Annotated[int, typer.Option(help="Latent dimension d.")] = 16,
+    f_layers: Annotated[int, typer.Option(help="Layers of f (1 = linear).")] = 2,
+    g_layers: Annotated[int, typer.Option(help="Layers of each g_k (PAL-B).")] = 2,
+    hidden: Annotated[int | None, typer.Option(help="Hidden width (default: input width).")] = None,
+    no_bias: Annotated[bool, typer.Option("--no-bias", help="Linear layers without bias.")] = False,
+    epochs: Annotated[int, typer.Option(help="Epochs per fit.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Comparisons per step.")] = 1024,
+    lr_maps: Annotated[float, typer.Option(help="Learning rate of f (and g).")] = 5e-4,
+    lr_prototypes: Annotated[float, typer.Option(help="Learning rate of the prototypes.")] = 5e-3,
+    lr_users: Annotated[float, typer.Option(help="Learning rate of the user weights.")] = 5e-3,
+    seed: Annotated[int, typer.Option(help="Random seed (fold f uses seed + f).")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the full result as JSON.")] = None,
+    encoder: EncoderOpt = None,
+    cache: CacheOpt = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Choose the number of prototypes K by cross-validation over held-out comparisons and held-out users."""
+    _setup(verbose)
+    from pluralign.selection import parse_k_values, select_k
+
+    if model is ModelKind.btl:
+        raise PluralignError("select-k compares numbers of prototypes: use --model pal-b or pal-a")
+    selection = select_k(
+        data,
+        parse_k_values(k),
+        model=model.value,
+        folds=folds,
+        seed=seed,
+        held_out_users=held_out_users,
+        test_fraction=test_fraction,
+        shots=shots,
+        criterion=criterion,
+        n_se=n_se,
+        rel_tol=rel_tol,
+        progress=True,
+        dim=dim,
+        f_layers=f_layers,
+        g_layers=g_layers,
+        hidden=hidden,
+        bias=not no_bias,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr_maps=lr_maps,
+        lr_prototypes=lr_prototypes,
+        lr_users=lr_users,
+        encoder=encoder,
+        cache_dir=cache,
+    )
+    if out is not None:
+        selection.to_json(out)
+    if as_json:
+        typer.echo(selection.to_json())
+        return
+    print_table(
+        selection.table_rows(), title=f"{model.value}: cross-validation over {folds} folds (mean ± std)"
+    )
+    console.print(f"chosen K = {selection.chosen_k}: {selection.rule}", highlight=False, soft_wrap=True)
+    het = selection.heterogeneity
+    if het.get("summary"):
+        console.print(het["summary"], highlight=False, soft_wrap=True)
+    console.print(
+        f"user weights at K = {selection.chosen_k}: mean entropy {het['weight_entropy']:.3f} (of log K), "
+        f"mean distance from the mean weight {het['weight_distance']:.3f}, "
+        f"effective prototypes {het['effective_k']:.2f}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if out is not None:
+        console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+
+
 def _load(run: Path, encoder: str | None = None):
     from pluralign.estimator import PALEstimator
 
@@ -753,6 +847,54 @@ def report(
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
+class DPOMethod(StrEnum):
+    dpo = "dpo"
+    mixdpo_lognormal = "mixdpo-lognormal"
+    mixdpo_gamma = "mixdpo-gamma"
+    em_dpo = "em-dpo"
+
+
+@dpo_app.command("train")
+@command
+def dpo_train(
+    data: Annotated[Path, typer.Argument(help="Rankings (`responses` best first) or pairs; JSONL/Parquet.")],
+    out: Annotated[Path, typer.Option(help="Output folder: model(s), summary.json.")],
+    method: Annotated[DPOMethod, typer.Option(help="Which member of the family.")] = DPOMethod.dpo,
+    model: Annotated[str, typer.Option(help="'smollm2' (bundled) or a local HF model folder.")] = "smollm2",
+    epochs: Annotated[float, typer.Option(help="Epochs (per M-step for em-dpo).")] = 1.0,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    beta: Annotated[float, typer.Option(help="DPO beta (MixDPO: initial mean of beta).")] = 0.1,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 8,
+    types: Annotated[int, typer.Option(help="EM-DPO: number of latent user types.")] = 2,
+    em_iterations: Annotated[int, typer.Option(help="EM-DPO: EM iterations.")] = 2,
+    blocks: Annotated[int, typer.Option(help="Train only the last N decoder blocks (0: all).")] = 2,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (> 0: LoRA adapters instead of --blocks).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Align a causal LM on heterogeneous preference data with DPO, MixDPO or EM-DPO."""
+    _setup(verbose)
+    from pluralign.dpo.run import DPORunConfig, train_dpo_family
+
+    config = DPORunConfig(
+        method=method.value,
+        model=model,
+        epochs=epochs,
+        learning_rate=lr,
+        beta=beta,
+        batch_size=batch_size,
+        n_types=types,
+        em_iterations=em_iterations,
+        blocks=blocks,
+        lora_r=lora_r,
+        seed=seed,
+    )
+    summary = train_dpo_family(data, out, config)
+    rows = [{"quantity": k, "value": v} for k, v in summary.items() if k != "history"]
+    print_table(rows, title=f"{method.value} on {data}")
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+
+
 BENCHMARKS = {
     "synthetic": "PAL Sec. 4.2: seen-user accuracy for K = 1..5 (K* = 3) and the few-shot curve.",
     "few-shot": "Exact batched few-shot solver vs batched Adam and per-user SLSQP.",
@@ -761,8 +903,10 @@ BENCHMARKS = {
     "serve-load": "`pluralign serve` under load: score/feedback throughput, p50/p99 latency, paced p99.",
     "pal-large": "PAL-B Tiny vs Large (MiniLM fine-tuned), logistic vs cumulative loss, on Persona subsets.",
     "limits": "Memory per million comparisons (RSS, anonymous), in RAM vs memory-mapped arrays, by size.",
-    "grow": "Growing a prototype for an unseen persona group vs retraining from scratch (Persona, synthetic).",
+    "grow": "Growing a prototype for an unseen persona group vs retraining from scratch (Persona, synth.).",
     "active-onboarding": "New users: answers needed to reach seen-user accuracy, active vs random questions.",
+    "select-k": "Choosing K: how often select-k picks K* over seeds (synthetic, Persona) vs argmax accuracy.",
+    "dpo-heterogeneous": "DPO vs MixDPO vs EM-DPO (+ MMRA) on planted user types, SmolLM2-135M.",
 }
 
 
