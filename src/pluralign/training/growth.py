@@ -41,7 +41,7 @@ from torch import nn
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.splits import _rank_within_user, split_per_user, take_per_user
 from pluralign.errors import DataError, PluralignError
-from pluralign.models.base import PreferenceModel
+from pluralign.models.base import Batch, PreferenceModel
 from pluralign.models.grown import make_blockwise
 from pluralign.models.pal_a import PALAModel
 from pluralign.models.pal_b import PALBModel
@@ -152,45 +152,67 @@ class GrowReport:
 # ========================================================================================================
 # detection
 # ========================================================================================================
+def _fit_weights(
+    est: PALEstimator, model: PreferenceModel, parts: list[tuple[np.ndarray, PreferenceData]], n_users: int
+) -> list[torch.Tensor]:
+    """Few-shot weights [n_users, K] from each part (per-row user indices 0..n_users-1, rows of one table),
+    as ``est.fit_weights`` fits them, in one batched fit (user u of part p is pseudo-user p * n_users + u)."""
+    columns = zip(
+        *[
+            (users + p * n_users, part.context, part.chosen, part.rejected)
+            for p, (users, part) in enumerate(parts)
+        ],
+        strict=True,
+    )
+    batch = Batch(*(torch.from_numpy(np.concatenate(column).astype(np.int64)) for column in columns))
+    prior = est.zero_shot_weights_.double()
+    if model.n_prototypes > len(prior):  # a grown model: the zero-shot weights are 0 on the new prototypes
+        prior = torch.cat([prior, torch.zeros(model.n_prototypes - len(prior), dtype=torch.float64)])
+    weights = fit_user_weights(
+        model,
+        batch,
+        est._tables(parts[0][1]),
+        n_users=n_users * len(parts),
+        prior=prior,
+        loss=est.loss,
+        ridge=est.adapt_ridge,
+        steps=est.adapt_steps,
+        seed=est.seed,
+    )
+    return list(weights.split(n_users))
+
+
 def cross_validated_accuracy(
     est: PALEstimator, data: PreferenceData, *, folds: int = 5, seed: int = 0
 ) -> pd.DataFrame:
     """Per user of ``data``: answers, answers scored and correct in ``folds``-fold CV within the user.
 
-    Each fold's weights are fitted few-shot (``est.fit_weights``) on the user's other folds, with the
-    model's prototypes frozen; ties count half. The estimator is not modified. Index: user_id.
+    Each fold's weights are fitted few-shot (as ``est.fit_weights``) on the user's other folds, with the
+    model's prototypes frozen; all users and folds in one batched fit. Ties count half. The estimator is
+    not modified. Index: user_id.
     """
     data = est._prepare(data)
     present = np.unique(data.user)
     local = np.full(data.n_users, -1, dtype=np.int64)
     local[present] = np.arange(len(present))
     ids = pd.Index(data.user_ids[present].astype(str), name="user_id")
+    users = local[data.user]
     rank, _ = _rank_within_user(data, np.random.default_rng(seed))
     fold = rank % folds
-    correct = np.zeros(len(present))
-    scored = np.zeros(len(present), dtype=np.int64)
-    tables = est._tables(data)
-    prior = est.zero_shot_weights_.double()
-    for f in range(folds):
-        held = fold == f
-        if not held.any():
-            continue
-        fitted = est.fit_weights(data.subset(~held))
-        weights = prior.expand(len(present), -1).clone()
-        rows = ids.get_indexer(fitted.index)
-        weights[torch.from_numpy(rows)] = torch.from_numpy(fitted.filter(regex=r"^w\d+$").to_numpy(copy=True))
-        test = data.subset(held)
-        users = local[test.user]
-        margin = predict_margins(est.model_, est._batch(test, users), tables, weights_to_logits(weights))
-        margin = margin.double().numpy()
-        correct += np.bincount(users, weights=(margin > 0) + 0.5 * (margin == 0), minlength=len(present))
-        scored += np.bincount(users, minlength=len(present))
-    frame = pd.DataFrame(
-        {"n_comparisons": np.bincount(local[data.user], minlength=len(present)), "scored": scored},
-        index=ids,
-    )
-    frame["correct"] = correct
-    frame["accuracy"] = correct / np.maximum(scored, 1)
+    # fold f's fit of user u is pseudo-user u * folds + f: every row of u outside fold f
+    rows = np.repeat(np.arange(len(data)), folds)
+    fit_fold = np.tile(np.arange(folds), len(data))
+    keep = fit_fold != fold[rows]
+    rows, fit_fold = rows[keep], fit_fold[keep]
+    fit_part = (users[rows] * folds + fit_fold, data.subset(rows))
+    (weights,) = _fit_weights(est, est.model_, [fit_part], len(present) * folds)
+    batch = est._batch(data, users * folds + fold)
+    margin = predict_margins(est.model_, batch, est._tables(data), weights_to_logits(weights))
+    margin = margin.double().numpy()
+    correct = np.bincount(users, weights=(margin > 0) + 0.5 * (margin == 0), minlength=len(present))
+    counts = np.bincount(users, minlength=len(present))
+    frame = pd.DataFrame({"n_comparisons": counts, "scored": counts, "correct": correct}, index=ids)
+    frame["accuracy"] = correct / np.maximum(counts, 1)
     return frame
 
 
@@ -403,25 +425,10 @@ def grow_estimator(
     local[present] = np.arange(len(present))
     is_flagged = ids.isin(flagged)
     train, heldout = split_per_user(data, (1 - heldout_fraction, heldout_fraction), seed=est.seed)
-    prior_old = est.zero_shot_weights_.double()
-    prior = torch.cat([prior_old, torch.zeros(n_new, dtype=torch.float64)])
-
-    def fitted_weights(model: PreferenceModel, part: PreferenceData, prior: torch.Tensor) -> torch.Tensor:
-        """Few-shot weights [len(present), K] of every new user from ``part`` (prior where no rows)."""
-        return fit_user_weights(
-            model,
-            est._batch(part, local[part.user]),
-            tables,
-            n_users=len(present),
-            prior=prior,
-            loss=est.loss,
-            ridge=est.adapt_ridge,
-            steps=est.adapt_steps,
-            seed=est.seed,
-        )
+    prior = torch.cat([est.zero_shot_weights_.double(), torch.zeros(n_new, dtype=torch.float64)])
 
     # before: few-shot weights with the old prototypes, fitted on the 90%, scored on the 10%
-    weights_before = fitted_weights(old, train, prior_old)
+    (weights_before,) = _fit_weights(est, old, [(local[train.user], train)], len(present))
     margin_before = predict_margins(
         old, est._batch(heldout, local[heldout.user]), tables, weights_to_logits(weights_before)
     )
@@ -475,7 +482,9 @@ def grow_estimator(
     margin_after_flagged = predict_margins(trainee, val_part[0], tables) if val_part else torch.zeros(0)
 
     # other new users: few-shot weights with all K + M prototypes (90% for the figure, then all rows)
-    weights_after = fitted_weights(grown, train, prior)
+    weights_after, final = _fit_weights(
+        est, grown, [(local[train.user], train), (local[data.user], data)], len(present)
+    )
     held_others = ~held_flagged
     margin_after_others = predict_margins(
         grown,
@@ -483,7 +492,6 @@ def grow_estimator(
         tables,
         weights_to_logits(weights_after),
     )
-    final = fitted_weights(grown, data, prior)
     logits = weights_to_logits(final)
     logits[torch.from_numpy(order)] = trainee.user_logits.detach()
     grow_seconds = time.perf_counter() - grow_start
