@@ -553,7 +553,7 @@ def next_questions(
     best = scores.argmax(dim=-1)
     chosen_phi = phi[best]
     if strategy == "uncertainty":
-        p_a = posterior.answer_probability((chosen_phi * particle_features(model, point)).sum(-1))
+        p_a = torch.sigmoid((chosen_phi * particle_features(model, point)).sum(-1))  # the model's own P(a)
     else:
         p_a = posterior.predictive(torch.arange(len(ids)), chosen_phi)
     pick = best.numpy()
