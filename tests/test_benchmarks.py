@@ -70,7 +70,7 @@ def test_persona_sweeps_benchmark(tmp_path):
 
 
 def test_pal_large_benchmark(tmp_path):
-    argv = ["--tasks", "statements", "--users-per-persona", "1", "--queries", "24", "--train-rows", "8",
+    argv = ["--tasks", "statements", "--users-per-persona", "1", "--queries", "60", "--train-rows", "8",
             "--batch-size", "4", "--max-length", "16", "--tiny-long-epochs", "0", "--no-bf16",
             "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]  # fmt: skip
     assert _main("pal_large")(argv) == 0
