@@ -59,6 +59,7 @@ __all__ = [
     "apply_rule",
     "choose_k",
     "log_loss",
+    "parse_k_values",
     "select_k",
     "weight_spread",
 ]
@@ -470,3 +471,22 @@ def _heterogeneity(
         else f"K = 1 is within {n_se:g} SE of the best K: no evidence of heterogeneity"
     )
     return out
+
+
+def parse_k_values(spec: str) -> list[int]:
+    """K values from a CLI spec: "1..6" (inclusive range), "1,2,4", or a mix such as "1..4,6,8"."""
+    values: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        try:
+            if ".." in part:
+                low, high = (int(x) for x in part.split(".."))
+                if high < low:
+                    raise PluralignError(f"K range '{part}' is empty: write low..high")
+                values += range(low, high + 1)
+            else:
+                values.append(int(part))
+        except ValueError:
+            raise PluralignError(f"cannot read K values '{spec}': use e.g. 1..6 or 1,2,4") from None
+    return _check_k_values(values)
