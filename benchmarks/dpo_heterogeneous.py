@@ -219,22 +219,13 @@ def policy_values(logps: np.ndarray, kinds: list[str]) -> np.ndarray:
 
 # --- methods ------------------------------------------------------------------------------------------
 def train_single(
-    name: str,
-    base: Any,
-    tokenizer: Any,
-    data: pd.DataFrame,
-    out: Path,
-    settings: argparse.Namespace,
-    **mix: Any,
+    name: str, base: Any, tokenizer: Any, pairs: Any, out: Path, settings: argparse.Namespace, **mix: Any
 ) -> tuple[Any, dict[str, Any]]:
-    """DPO (no ``mix``) or MixDPO on the full-breaking pairs; returns the trainer and its record."""
-    from datasets import Dataset
+    """DPO (no ``mix``) or MixDPO on pre-scored full-breaking pairs; returns the trainer and its record."""
     from trl import DPOConfig
 
-    from pluralign.dpo.data import rankings_to_pairs
     from pluralign.dpo.trainers import MixDPOConfig, MixDPOTrainer, PluralDPOTrainer
 
-    pairs = rankings_to_pairs(data).drop(columns=["ranking"])
     if mix:
         extra = {"beta_spread": settings.beta_spread, "beta_learning_rate": settings.beta_lr, **mix}
         args = dpo_args(MixDPOConfig, out, name, settings, **extra)
@@ -242,13 +233,7 @@ def train_single(
     else:
         args, cls = dpo_args(DPOConfig, out, name, settings), PluralDPOTrainer
     model = copy.deepcopy(base)
-    trainer = cls(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=Dataset.from_pandas(pairs),
-        processing_class=tokenizer,
-    )
+    trainer = cls(model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tokenizer)
     start = time.perf_counter()
     result = trainer.train()
     record = {
@@ -382,10 +367,16 @@ def run(settings: argparse.Namespace, console: Console) -> dict[str, Any]:
         "MixDPO-LogNormal": {"beta_distribution": "lognormal"},
         "MixDPO-Gamma": {"beta_distribution": "gamma"},
     }
+    from pluralign.dpo.data import pairs_dataset
+
+    pairs = {
+        "heterogeneous": pairs_dataset(task["rankings"], tokenizer, base),
+        "homogeneous": pairs_dataset(homogeneous["rankings"], tokenizer, base),
+    }
     trained = {}
     for name, extra in singles.items():
         console.print(f"[bold]{name}[/] (heterogeneous)")
-        trainer, record = train_single(name, base, tokenizer, task["rankings"], out, settings, **extra)
+        trainer, record = train_single(name, base, tokenizer, pairs["heterogeneous"], out, settings, **extra)
         results["methods"].append(evaluate_single(trainer, tokenizer, ref_test, task, record))
         trained[name] = trainer
 
@@ -401,7 +392,7 @@ def run(settings: argparse.Namespace, console: Console) -> dict[str, Any]:
     for name in ("MixDPO-LogNormal", "MixDPO-Gamma"):
         console.print(f"[bold]{name}[/] (homogeneous control)")
         trainer, record = train_single(
-            f"{name}-homogeneous", base, tokenizer, homogeneous["rankings"], out, settings, **singles[name]
+            f"{name}-homogeneous", base, tokenizer, pairs["homogeneous"], out, settings, **singles[name]
         )
         results["homogeneous"].append(record)
         del trainer

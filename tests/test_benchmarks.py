@@ -82,3 +82,21 @@ def test_pal_large_benchmark(tmp_path):
         "Large, cumulative",
     ]
     assert rows[0]["step_time_vs_baseline"] == 1.0 and all(0 <= r["test_accuracy"] <= 1 for r in rows)
+
+
+def test_dpo_heterogeneous_benchmark(tmp_path):
+    argv = ["--model", "tiny", "--users", "8", "--per-user", "3", "--train-topics", "6", "--test-topics", "4"]
+    argv += ["--em-iterations", "1", "--timing-rounds", "2", "--lr", "5e-3", "--out", str(tmp_path)]
+    assert _main("dpo_heterogeneous")(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    names = [m["method"] for m in results["methods"]]
+    assert names == ["DPO", "MixDPO-LogNormal", "MixDPO-Gamma", "EM-DPO (rankings)", "EM-DPO (pairs)"]
+    for m in results["methods"]:
+        assert set(m["accuracy"]) == {"A", "B"} and 0 <= m["macro_accuracy"] <= 1
+    assert all(-1 <= m["ari"] <= 1 for m in results["methods"][3:])
+    assert set(results["step_ratio"]) == {"DPO", "MixDPO-LogNormal", "MixDPO-Gamma"}
+    assert {h["method"] for h in results["homogeneous"]} == {
+        "MixDPO-LogNormal-homogeneous",
+        "MixDPO-Gamma-homogeneous",
+    }
+    assert (tmp_path / "dpo_heterogeneous.png").stat().st_size > 0

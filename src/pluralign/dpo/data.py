@@ -23,6 +23,8 @@ from pluralign.errors import DataError
 
 __all__ = [
     "RANKING_COLUMNS",
+    "full_breaking_pairs",
+    "pairs_dataset",
     "preferences_to_rankings",
     "rankings_from_records",
     "rankings_to_pairs",
@@ -201,3 +203,41 @@ def tokenize_rankings(
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     per_ranking = [completions[bounds[r] : bounds[r + 1]] for r in range(len(prompts))]
     return prompt_ids, per_ranking
+
+
+def pairs_dataset(
+    rankings: pd.DataFrame, tokenizer: Any, reference: Any = None, *, batch_size: int = 16
+) -> Any:
+    """The full-breaking pairs of ``rankings`` as a pre-tokenized HF ``Dataset`` for the DPO trainers.
+
+    Columns: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (tokenized as TRL does), ``user_id``,
+    ``ranking`` and, given a ``reference`` model, ``ref_chosen_logps`` / ``ref_rejected_logps`` with each
+    distinct (prompt, response) scored once, so trainers skip TRL's per-pair reference pass.
+    """
+    from datasets import Dataset
+
+    prompt_ids, response_ids = tokenize_rankings(tokenizer, rankings)
+    ranking, better, worse = full_breaking_pairs(_ranking_lengths(rankings))
+    columns: dict[str, Any] = {
+        "prompt_ids": [prompt_ids[r] for r in ranking],
+        "chosen_ids": [response_ids[r][b] for r, b in zip(ranking, better, strict=True)],
+        "rejected_ids": [response_ids[r][w] for r, w in zip(ranking, worse, strict=True)],
+        "user_id": rankings["user_id"].to_numpy()[ranking].tolist(),
+        "ranking": ranking.tolist(),
+    }
+    if reference is not None:
+        from pluralign.dpo.logps import unique_completion_logps
+
+        n = len(ranking)
+        logps = unique_completion_logps(
+            reference,
+            columns["prompt_ids"] * 2,
+            columns["chosen_ids"] + columns["rejected_ids"],
+            pad_token_id=tokenizer.pad_token_id,
+            batch_size=batch_size,
+            progress=True,
+            desc="reference log-probs",
+        )
+        columns["ref_chosen_logps"] = logps[:n].tolist()
+        columns["ref_rejected_logps"] = logps[n:].tolist()
+    return Dataset.from_dict(columns)

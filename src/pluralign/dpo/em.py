@@ -18,6 +18,7 @@ base (the reference is the base with adapters disabled). Reference log-probs are
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -31,8 +32,8 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig
 
-from pluralign.dpo.data import full_breaking_pairs, tokenize_rankings
-from pluralign.dpo.logps import completion_logps
+from pluralign.dpo.data import pairs_dataset, tokenize_rankings
+from pluralign.dpo.logps import unique_completion_logps
 from pluralign.dpo.mmra import MinMaxRegret, min_max_regret
 from pluralign.dpo.trainers import WEIGHT_COLUMN, PluralDPOTrainer
 
@@ -182,16 +183,8 @@ class EMDPOTrainer:
         self._owner = np.repeat(np.arange(len(self.rankings)), self._lengths)  # ranking of each response
         self._prompt_ids = [prompt_ids[o] for o in self._owner]
         self._response_ids = [ids for ranking in response_ids for ids in ranking]
-        # users often rank the same responses to the same prompts: score each distinct sequence once
-        keys = [(*p, -1, *r) for p, r in zip(self._prompt_ids, self._response_ids, strict=True)]
-        first: dict[tuple[int, ...], int] = {}
-        self._unique_of = np.array([first.setdefault(k, len(first)) for k in keys], dtype=np.int64)
-        self._unique_rows = np.unique(self._unique_of, return_index=True)[1]
         self._offsets = np.concatenate([[0], np.cumsum(self._lengths)])
-        ranking, better, worse = full_breaking_pairs(self._lengths)
-        self._pair_ranking = ranking
-        self._pair_better = self._offsets[ranking] + better  # flat response indices
-        self._pair_worse = self._offsets[ranking] + worse
+        self._pairs: Dataset | None = None
 
     def _score(self, t: int | None) -> torch.Tensor:
         """log pi(y|x) of every ranked response under type t's policy (None: the reference)."""
@@ -203,31 +196,28 @@ class EMDPOTrainer:
         return self._score_model(self.policy(t), f"type {t}")
 
     def _score_model(self, model: Any, name: str) -> torch.Tensor:
-        rows = self._unique_rows
-        unique = completion_logps(
+        return unique_completion_logps(
             model,
-            [self._prompt_ids[i] for i in rows],
-            [self._response_ids[i] for i in rows],
+            self._prompt_ids,
+            self._response_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             batch_size=self.score_batch_size,
             progress=True,
             desc=f"scoring responses ({name})",
         )
-        return unique[torch.as_tensor(self._unique_of)]
 
     def _pair_dataset(self, weights: np.ndarray | None) -> Dataset:
-        pr, b, w = self._pair_ranking, self._pair_better, self._pair_worse
-        columns: dict[str, Any] = {
-            "prompt_ids": [self._prompt_ids[i] for i in b],
-            "chosen_ids": [self._response_ids[i] for i in b],
-            "rejected_ids": [self._response_ids[i] for i in w],
-            "ref_chosen_logps": self.ref_logps_[b].tolist(),
-            "ref_rejected_logps": self.ref_logps_[w].tolist(),
-            "user_id": self.rankings["user_id"].to_numpy()[pr].tolist(),
-        }
-        if weights is not None:
-            columns[WEIGHT_COLUMN] = weights[self._user_index[pr]].tolist()
-        return Dataset.from_dict(columns)
+        if self._pairs is None:
+            reference = self._shared if self._peft else self._reference
+            context = self._shared.disable_adapter() if self._peft else contextlib.nullcontext()
+            with context:
+                self._pairs = pairs_dataset(
+                    self.rankings, self.tokenizer, reference, batch_size=self.score_batch_size
+                )
+        if weights is None:
+            return self._pairs
+        per_pair = weights[self._user_index[np.asarray(self._pairs["ranking"])]]
+        return self._pairs.add_column(WEIGHT_COLUMN, per_pair.tolist())
 
     # --- EM ---------------------------------------------------------------------------------------------
     def rewards(self, t: int) -> torch.Tensor:

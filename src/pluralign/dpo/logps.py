@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["completion_logps", "pad_completions", "sequence_logps"]
+__all__ = ["completion_logps", "pad_completions", "sequence_logps", "unique_completion_logps"]
 
 
 def sequence_logps(
@@ -82,3 +83,27 @@ def completion_logps(
     finally:
         model.train(was_training)
     return out
+
+
+def unique_completion_logps(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    **kwargs: Any,
+) -> torch.Tensor:
+    """:func:`completion_logps` that scores each distinct (prompt, completion) once, in the input order.
+
+    Preference data repeat sequences heavily (many users rank the same responses to the same prompts).
+    """
+    index_of: dict[tuple[int, ...], int] = {}
+    first_row: list[int] = []  # the first row holding each distinct sequence
+    inverse = []
+    for row, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        key = (*p, -1, *c)
+        if key not in index_of:
+            index_of[key] = len(first_row)
+            first_row.append(row)
+        inverse.append(index_of[key])
+    prompts = [prompt_ids[i] for i in first_row]
+    unique = completion_logps(model, prompts, [completion_ids[i] for i in first_row], **kwargs)
+    return unique[torch.tensor(inverse, dtype=torch.long)]

@@ -89,10 +89,9 @@ def _dpo_args(config: DPORunConfig, out: Path, cls: Any, **extra: Any) -> Any:
 
 def train_dpo_family(data: str | Path, out: str | Path, config: DPORunConfig) -> dict[str, Any]:
     """Train ``config.method`` on a rankings/pairs file; save the model(s) and ``summary.json`` in ``out``."""
-    from datasets import Dataset
     from trl import DPOConfig
 
-    from pluralign.dpo.data import rankings_to_pairs, read_rankings
+    from pluralign.dpo.data import pairs_dataset, read_rankings
     from pluralign.dpo.models import train_last_blocks
 
     rankings = read_rankings(data)
@@ -131,7 +130,7 @@ def train_dpo_family(data: str | Path, out: str | Path, config: DPORunConfig) ->
     else:
         from pluralign.dpo.trainers import MixDPOConfig, MixDPOTrainer, PluralDPOTrainer
 
-        pairs = Dataset.from_pandas(rankings_to_pairs(rankings).drop(columns=["ranking"]))
+        pairs = pairs_dataset(rankings, tokenizer, model)  # reference log-probs of the untrained model
         if config.method == "dpo":
             args, cls = _dpo_args(config, out, DPOConfig), PluralDPOTrainer
         else:
