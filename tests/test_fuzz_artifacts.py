@@ -23,7 +23,7 @@ from pluralign.estimator import PALEstimator
 from pluralign.serve.testing import make_demo_model
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("PLURALIGN_FUZZ_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("PLURALIGN_FUZZ_EXAMPLES", "40")),
     deadline=None,
     derandomize=os.environ.get("PLURALIGN_FUZZ_RANDOM") is None,
     database=None,

@@ -36,7 +36,7 @@ from pluralign.data.readers import ALIASES, write_preferences
 COLUMNS = ("user_id", "prompt", "chosen", "rejected")
 # derandomize: CI runs the same examples every time; HYPOTHESIS_SEED-free runs explore (see README).
 FUZZ = settings(
-    max_examples=int(os.environ.get("PLURALIGN_FUZZ_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("PLURALIGN_FUZZ_EXAMPLES", "40")),
     deadline=None,
     derandomize=os.environ.get("PLURALIGN_FUZZ_RANDOM") is None,
     database=None,

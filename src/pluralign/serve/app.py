@@ -445,6 +445,7 @@ UserIdParam = Annotated[str, PathParam(min_length=1, max_length=MAX_USER_ID_CHAR
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
+        400: "The body cannot be parsed (e.g. not UTF-8), or an invalid Content-Length.",
         401: "Missing or invalid bearer token.",
         403: "The service is read-only.",
         404: "Unknown user.",
