@@ -983,3 +983,39 @@ def test_persona_statement_files_load_or_data_error(lines) -> None:
             for p in parsed:
                 s = list(pool.statements).index(p["statement"])
                 assert pool.agrees[0, s] == (p["answer_matching_behavior"] == " Yes")
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 15))
+@given(budget=st.integers(0, 300_000))
+def test_interrupted_write_persona_leaves_no_readable_half(budget) -> None:
+    """write_persona removes the manifest first and writes it last: after a failure at any byte the
+    directory is refused as incomplete (or, if the budget sufficed, reads back whole); no temp files."""
+    from unittest import mock
+
+    import pluralign.atomic
+    from pluralign.datasets.persona import build_persona, read_persona, write_persona
+
+    dataset = build_persona(
+        k_star=2,
+        users_per_persona=5,
+        queries_per_user=20,
+        unseen_users_per_persona=2,
+        unseen_queries_per_user=20,
+    )
+    with scratch() as tmp:
+        out = write_persona(dataset, tmp / "persona")  # a complete earlier write
+        FullDisk.budget = budget
+        with mock.patch.object(pluralign.atomic, "open", lambda p, mode: FullDisk(p, mode), create=True):
+            try:
+                write_persona(dataset, out)
+                failed = False
+            except OSError as exc:
+                assert exc.errno == 28
+                failed = True
+        assert leftovers(out) == []
+        if failed:
+            with pytest.raises(DataError, match="not a complete Persona dataset"):
+                read_persona(out)
+        else:
+            again = read_persona(out)
+            np.testing.assert_array_equal(again.seen.chosen, dataset.seen.chosen)
