@@ -284,7 +284,7 @@ def test_grow_benchmark_at_toy_size(tmp_path):
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    argv = ["--k-star", "2", "--users", "12", "--unseen-users", "4", "--queries", "40", "--steps", "10"]
+    argv = ["--k-star", "2", "--users", "12", "--unseen-users", "4", "--queries", "120", "--steps", "10"]
     argv += ["--repeats", "1", "--synthetic-epochs", "5", "--synthetic-grow-epochs", "5"]
     assert module.main([*argv, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())["results"]
