@@ -75,7 +75,7 @@ bench-limits: venv  ## memory per million comparisons, in RAM vs memory-mapped a
 bench-pal-large: venv  ## PAL-B Tiny vs Large (encoder fine-tuned), logistic vs cumulative loss, Persona subsets (~4 min)
 	$(BIN)/pluralign bench pal-large --out runs/bench/pal_large
 
-bench-dpo-heterogeneous: venv  ## DPO vs MixDPO vs EM-DPO + MMRA on planted user types, SmolLM2-135M (~30 min on 1 thread)
+bench-dpo-heterogeneous: venv  ## DPO vs MixDPO vs EM-DPO + MMRA on planted user types, SmolLM2-135M (~10 min on 1 thread)
 	$(BIN)/pluralign bench dpo-heterogeneous --out runs/bench/dpo_heterogeneous
 
 bench-select-k: venv  ## choosing K: how often select-k picks K* over seeds (synthetic K* = 3, Persona K* = 2..6) vs argmax accuracy
