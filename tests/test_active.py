@@ -294,3 +294,36 @@ def test_service_next_question_strategies(tmp_path, est):
             "/v1/next-question", json={"user_id": "erin", "candidates": candidates, "strategy": "x"}
         )
         assert bad.status_code == 422 and "strategy" in bad.json()["detail"]
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+def test_cli_ask(tmp_path, est):
+    from typer.testing import CliRunner
+
+    from pluralign.cli import app
+
+    model_dir = Path(est.encoder["path"]).parent / "model"
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"prompt": p, "a": a, "b": b}) + "\n" for p, a, b in CANDIDATES))
+    answers = tmp_path / "answers.jsonl"
+    rows = [("alice", "ctx-3", "item-7", "item-6"), ("bob", "ctx-5", "item-10", "item-11")]
+    keys = ("user_id", "prompt", "chosen", "rejected")
+    answers.write_text("".join(json.dumps(dict(zip(keys, r, strict=True))) + "\n" for r in rows))
+    runner = CliRunner()
+    result = runner.invoke(app, ["ask", str(model_dir), str(pool), "--answers", str(answers), "--json"])
+    assert result.exit_code == 0, result.output
+    got = {row["user_id"]: row for row in json.loads(result.output)}
+    expected = est.next_questions(CANDIDATES, pd.read_json(answers, lines=True), seed=0)
+    assert set(got) == {"alice", "bob"}
+    for user in got:
+        assert got[user]["index"] == expected.loc[user, "index"] and got[user]["n_candidates"] == 11
+    result = runner.invoke(app, ["ask", str(model_dir), str(pool), "--user", "carol", "--strategy", "random"])
+    assert result.exit_code == 0 and "carol" in result.output
+    # bad input: one line naming the file, line and field; exit code 2
+    pool.write_text(json.dumps({"prompt": "ctx-0", "a": "item-0"}) + "\n")
+    result = runner.invoke(app, ["ask", str(model_dir), str(pool), "--user", "carol"])
+    assert result.exit_code == 2 and f"{pool}:1: field 'b'" in result.output
+    result = runner.invoke(app, ["ask", str(model_dir), str(pool)])
+    assert result.exit_code == 2 and "--user" in result.output
+    result = runner.invoke(app, ["ask", str(model_dir), str(pool), "--user", "u", "--strategy", "greedy"])
+    assert result.exit_code == 2

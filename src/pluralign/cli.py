@@ -812,6 +812,40 @@ def score(
 
 @app.command()
 @command
+def ask(
+    run: RunDir,
+    questions: Annotated[
+        Path, typer.Argument(help="Candidate pairs: JSONL (or a JSON list) of {prompt, a, b}.")
+    ],
+    answers: Annotated[
+        Path | None, typer.Option(help="The users' comparisons so far (preference file).")
+    ] = None,
+    user: Annotated[
+        list[str] | None,
+        typer.Option("--user", "-u", help="User to ask (repeat; default: those in --answers)."),
+    ] = None,
+    strategy: Annotated[str, typer.Option(help="info-gain, variance, uncertainty or random.")] = "info-gain",
+    seed: Annotated[int, typer.Option(help="Random seed (particles, random strategy).")] = 0,
+    encoder: EncoderOpt = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Active onboarding: the next question for each user, to learn their weights with the fewest answers."""
+    _setup(verbose)
+    import pandas as pd
+
+    from pluralign.serve.app import read_questions
+
+    if answers is None and not user:
+        raise PluralignError("name the users to ask: --user U (repeat) or --answers FILE with their answers")
+    pool = pd.DataFrame([q.model_dump() for q in read_questions(questions)], columns=["prompt", "a", "b"])
+    est = _load(run, encoder)
+    chosen = est.next_questions(pool, answers, users=user or None, strategy=strategy, seed=seed)
+    emit(chosen.reset_index().to_dict("records"), as_json, title=f"next question ({strategy})")
+
+
+@app.command()
+@command
 def demo(
     which: Annotated[
         str, typer.Argument(help="persona (App. D.4, the default) or synthetic (Sec. 4.2).")
