@@ -140,27 +140,31 @@ def log_mean_sigmoid_gamma(
     return _LogMeanSigmoidGamma.apply(d64, k64, t64).to(dtype)
 
 
+def broadcast_param(name: str, x: torch.Tensor | float, delta: torch.Tensor) -> torch.Tensor:
+    """A distribution parameter as a tensor that broadcasts to delta's shape (a scalar or one per pair)."""
+    # python numbers take delta's dtype (as_tensor would round a float to float32 under a float64 delta);
+    # tensors keep theirs (a float64 k must not be rounded to float32)
+    x = x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=delta.dtype, device=delta.device)
+    if not x.is_floating_point():
+        x = x.to(delta.dtype)
+    try:
+        ok = torch.broadcast_shapes(x.shape, delta.shape) == delta.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name} of shape {tuple(x.shape)} does not broadcast to delta's {tuple(delta.shape)}"
+        )
+    return x
+
+
 def _check(
     delta: torch.Tensor, k: torch.Tensor | float, theta: torch.Tensor | float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not isinstance(delta, torch.Tensor) or not delta.is_floating_point():
         raise ValueError("delta must be a floating-point tensor")
-    # python numbers take delta's dtype; tensors keep theirs (a float64 k must not be rounded to float32)
-    k = k if isinstance(k, torch.Tensor) else torch.tensor(k, dtype=delta.dtype, device=delta.device)
-    theta = (
-        theta
-        if isinstance(theta, torch.Tensor)
-        else torch.tensor(theta, dtype=delta.dtype, device=delta.device)
-    )
+    k, theta = broadcast_param("k", k, delta), broadcast_param("theta", theta, delta)
     for name, x in (("k", k), ("theta", theta)):
-        try:
-            ok = torch.broadcast_shapes(x.shape, delta.shape) == delta.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"{name} of shape {tuple(x.shape)} does not broadcast to delta's {tuple(delta.shape)}"
-            )
         if not bool(torch.isfinite(x).all()) or not bool((x > 0).all()):
             raise ValueError(f"{name} must be finite and > 0")
     if not bool(torch.isfinite(delta).all()):

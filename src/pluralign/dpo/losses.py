@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pluralign.dpo.lerch import log_mean_sigmoid_gamma
+from pluralign.dpo.lerch import broadcast_param, log_mean_sigmoid_gamma
 
 BetaKind = Literal["lognormal", "gamma"]
 PARAM_NAMES: dict[str, tuple[str, str]] = {"lognormal": ("mu", "log_sigma"), "gamma": ("log_k", "log_theta")}
@@ -26,27 +26,10 @@ def _float_tensor(delta: torch.Tensor) -> torch.Tensor:
     return delta
 
 
-def _param(name: str, x: torch.Tensor | float, delta: torch.Tensor) -> torch.Tensor:
-    """A distribution parameter as a tensor that broadcasts to delta's shape (a scalar or one per pair)."""
-    # python numbers take delta's dtype (as_tensor would round a float to float32 under a float64 delta)
-    x = x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=delta.dtype, device=delta.device)
-    if not x.is_floating_point():
-        x = x.to(delta.dtype)
-    try:
-        ok = torch.broadcast_shapes(x.shape, delta.shape) == delta.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"{name} of shape {tuple(x.shape)} does not broadcast to delta's {tuple(delta.shape)}"
-        )
-    return x
-
-
 def dpo_loss(delta: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:
     """-log sigmoid(beta * delta) per pair, computed stably; beta > 0 (a scalar or one per pair)."""
     delta = _float_tensor(delta)
-    beta = _param("beta", beta, delta)
+    beta = broadcast_param("beta", beta, delta)
     if not bool((beta > 0).all()):
         raise ValueError("beta must be > 0")
     return F.softplus(-beta * delta)
@@ -74,8 +57,8 @@ def mixdpo_lognormal_loss(
     delta = _float_tensor(delta)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    mu = _param("mu", mu, delta)
-    log_sigma = _param("log_sigma", log_sigma, delta)
+    mu = broadcast_param("mu", mu, delta)
+    log_sigma = broadcast_param("log_sigma", log_sigma, delta)
     dtype = torch.promote_types(torch.promote_types(delta.dtype, mu.dtype), log_sigma.dtype)
     shape = (n_samples,) if shared_samples else (*delta.shape, n_samples)
     eps = torch.randn(shape, generator=generator, dtype=dtype, device=delta.device)
@@ -94,8 +77,8 @@ def mixdpo_gamma_loss(
     flow to delta, log_k and log_theta. delta must be finite.
     """
     delta = _float_tensor(delta)
-    log_k = _param("log_k", log_k, delta)
-    log_theta = _param("log_theta", log_theta, delta)
+    log_k = broadcast_param("log_k", log_k, delta)
+    log_theta = broadcast_param("log_theta", log_theta, delta)
     for name, x in (("log_k", log_k), ("log_theta", log_theta)):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} must be finite")
