@@ -100,3 +100,15 @@ def test_dpo_heterogeneous_benchmark(tmp_path):
         "MixDPO-Gamma-homogeneous",
     }
     assert (tmp_path / "dpo_heterogeneous.png").stat().st_size > 0
+
+
+def test_select_k_benchmark(tmp_path):
+    assert _main("select_k")(["--quick", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    datasets = [h["dataset"] for h in results["hits"]]
+    assert datasets == ["synthetic mixture", "synthetic partition", "Persona K*=2"]
+    for run in results["runs"]:
+        assert set(run["chosen"]) == {"ours (combined)", "seen log loss", "few-shot accuracy",
+                                      "one-SE on accuracy", "argmax accuracy (naive)"}  # fmt: skip
+        assert all(k in run["k_values"] for k in run["chosen"].values())
+    assert (tmp_path / "select_k.png").stat().st_size > 0
