@@ -5,7 +5,10 @@
 
 Datasets with a known K*: the paper's synthetic data (PAL-A, K* = 3, settings mixture and partition;
 d = 16, 100 users x 100 comparisons, linear f, 100 epochs) and Persona (PAL-B-Tiny on MiniLM embeddings;
-K* in {2, 3, 4, 6}; reduced N: 50 users per persona x 200 questions, about 200 steps of 8,192). For every
+K* in {2, 3, 4, 6}; reduced N: 50 users per persona x 200 questions, about 200 steps of 8,192), once with
+2-layer MLP maps f and g_k (as the Persona benchmarks train) and once with linear maps: deep g_k let fewer
+than K* prototypes mix into every persona's answers, so K* is identifiable only up to what the maps can
+express (the linear variant shows the rule where it is). For every
 dataset and seed, `pluralign.selection.select_k` cross-validates K = 1..6 (synthetic: 1..5) over 3 folds
 (20% held-out users with 10 answers to adapt on (synthetic: 20), 20% held-out comparisons of the others).
 From the *same* cross-validation table every rule chooses a K:
@@ -22,6 +25,7 @@ writes results.json and select_k.png. One torch thread.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import sys
@@ -82,35 +86,39 @@ def synthetic_runs(args: argparse.Namespace) -> list[tuple[str, int, int, dict]]
     return runs
 
 
+#: PAL-B maps f and g_k: 2-layer MLPs (as in the demo and the Persona benchmarks) or linear
+PERSONA_MAPS = {"mlp": {"f_layers": 2, "g_layers": 2}, "linear": {"f_layers": 1, "g_layers": 1}}
+
+
 def persona_runs(args: argparse.Namespace) -> list[tuple[str, int, int, dict]]:
     runs = []
-    for k_star in args.k_stars:
-        for seed in range(args.seeds):
-            data = embed_persona(
-                build_persona(
-                    k_star=k_star,
-                    users_per_persona=args.users_per_persona,
-                    queries_per_user=args.queries,
-                    unseen_users_per_persona=0,
-                    unseen_queries_per_user=1,
-                    seed=seed,
-                ),
-                cache_dir=args.cache,
-            ).seen
-            n_train = 0.8 * 0.8 * len(data)  # held-out users and comparisons are 20% each
-            params = {
-                "dim": 16,
-                "hidden": 128,
-                "batch_size": args.batch,
-                "epochs": max(1, math.ceil(args.steps * args.batch / n_train)),
-                "lr_maps": 3e-3,
-                "lr_prototypes": 3e-3,
-                "lr_users": 3e-2,
-                "patience": None,
-                "rows_per_context": 16,
-            }
-            kw = {"k_values": args.ks, "model": "pal-b", "shots": 10, **params}
-            runs.append((f"Persona K*={k_star}", k_star, seed, {"data": data, **kw}))
+    for maps, k_star, seed in itertools.product(args.persona_maps, args.k_stars, range(args.seeds)):
+        data = embed_persona(
+            build_persona(
+                k_star=k_star,
+                users_per_persona=args.users_per_persona,
+                queries_per_user=args.queries,
+                unseen_users_per_persona=0,
+                unseen_queries_per_user=1,
+                seed=seed,
+            ),
+            cache_dir=args.cache,
+        ).seen
+        n_train = 0.8 * 0.8 * len(data)  # held-out users and comparisons are 20% each
+        params = {
+            "dim": 16,
+            "hidden": 128,
+            "batch_size": args.batch,
+            "epochs": max(1, math.ceil(args.steps * args.batch / n_train)),
+            "lr_maps": 3e-3,
+            "lr_prototypes": 3e-3,
+            "lr_users": 3e-2,
+            "patience": None,
+            "rows_per_context": 16,
+            **PERSONA_MAPS[maps],
+        }
+        kw = {"k_values": args.ks, "model": "pal-b", "shots": 10, **params}
+        runs.append((f"Persona K*={k_star} ({maps} maps)", k_star, seed, {"data": data, **kw}))
     return runs
 
 
@@ -168,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2, help="Persona seeds per K*")
     parser.add_argument("--synthetic-seeds", type=int, default=3, help="synthetic seeds per setting")
     parser.add_argument("--k-stars", type=int, nargs="+", default=[2, 3, 4, 6], help="Persona K*")
+    parser.add_argument(
+        "--persona-maps",
+        nargs="+",
+        default=["mlp", "linear"],
+        choices=list(PERSONA_MAPS),
+        help="PAL-B f and g_k",
+    )
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6], help="K values (Persona)")
     parser.add_argument("--synthetic-ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--folds", type=int, default=3)
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/select_k"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.synthetic_seeds, args.k_stars = 1, 1, [2]
+        args.seeds, args.synthetic_seeds, args.k_stars, args.persona_maps = 1, 1, [2], ["linear"]
         args.ks, args.synthetic_ks = [1, 2, 3], [1, 2, 3]
         args.users_per_persona, args.queries, args.steps, args.batch = 10, 40, 10, 1024
         args.synthetic_users, args.synthetic_epochs = 20, 5

@@ -106,7 +106,7 @@ def test_select_k_benchmark(tmp_path):
     assert _main("select_k")(["--quick", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     datasets = [h["dataset"] for h in results["hits"]]
-    assert datasets == ["synthetic mixture", "synthetic partition", "Persona K*=2"]
+    assert datasets == ["synthetic mixture", "synthetic partition", "Persona K*=2 (linear maps)"]
     for run in results["runs"]:
         assert set(run["chosen"]) == {"ours (combined)", "seen log loss", "few-shot accuracy",
                                       "one-SE on accuracy", "argmax accuracy (naive)"}  # fmt: skip
