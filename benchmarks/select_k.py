@@ -6,9 +6,8 @@
 Datasets with a known K*: the paper's synthetic data (PAL-A, K* = 3, settings mixture and partition;
 d = 16, 100 users x 100 comparisons, linear f, 100 epochs) and Persona (PAL-B-Tiny on MiniLM embeddings;
 K* in {2, 3, 4, 6}; reduced N: 50 users per persona x 200 questions, about 200 steps of 8,192), once with
-2-layer MLP maps f and g_k (as the Persona benchmarks train) and once with linear maps: deep g_k let fewer
-than K* prototypes mix into every persona's answers, so K* is identifiable only up to what the maps can
-express (the linear variant shows the rule where it is). For every
+2-layer MLP maps f and g_k (as the Persona benchmarks train) and once with linear maps, to see whether
+fewer than K* prototypes explaining every persona (K* >= 4) is the deep maps' doing. For every
 dataset and seed, `pluralign.selection.select_k` cross-validates K = 1..6 (synthetic: 1..5) over 3 folds
 (20% held-out users with 10 answers to adapt on (synthetic: 20), 20% held-out comparisons of the others).
 From the *same* cross-validation table every rule chooses a K:
