@@ -291,3 +291,18 @@ def test_grow_benchmark_at_toy_size(tmp_path):
     assert [r["k_after"] for r in results] == [2, 3]
     assert all(r["old_groups_margins_identical"] and r["old_groups_drop_points"] == 0 for r in results)
     assert (tmp_path / "grow.png").stat().st_size > 0
+
+
+def test_default_grow_epochs_give_at_least_one_training_epoch_of_steps(planted, tmp_path):
+    from pluralign.training.growth import _grow_epochs
+
+    est = planted["est"]
+    n_train = int((planted["data"].true_weights.argmax(1)[planted["data"].train.user] < 2).sum())
+    assert est.history_.steps_per_epoch == -(-n_train // 256)  # batch_size 256
+    loaded = PALEstimator.load(est.save(tmp_path / "model"))
+    assert loaded.history_.steps_per_epoch == est.history_.steps_per_epoch
+    # few flagged rows (one step an epoch): as many epochs as the training had steps in one epoch
+    assert _grow_epochs(est, 100, 256) == max(est.epochs, est.history_.steps_per_epoch)
+    assert _grow_epochs(est, 10 * n_train, 256) == est.epochs  # more rows than training: the model's epochs
+    loaded.history_.steps_per_epoch = None  # a checkpoint from before the field
+    assert _grow_epochs(loaded, 100, 256) == est.epochs

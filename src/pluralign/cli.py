@@ -755,7 +755,8 @@ def grow(
     z: Annotated[float, typer.Option(help="Flag users with a z-score at or below -Z...")] = 3.0,
     min_gap: Annotated[float, typer.Option(help="...and an accuracy gap of at least this.")] = 0.05,
     epochs: Annotated[
-        int | None, typer.Option(help="Epochs of the grow step (default: the model's).")
+        int | None,
+        typer.Option(help="Epochs of the grow step (default: the model's, or one training epoch's steps)."),
     ] = None,
     encoder: EncoderOpt = None,
     verbose: Verbose = False,

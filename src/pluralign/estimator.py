@@ -465,6 +465,7 @@ class PALEstimator:
                 "best_epoch": self.history_.best_epoch,
                 "best_val_accuracy": self.history_.best_val_accuracy,
                 "epochs": len(self.history_.epochs),
+                "steps_per_epoch": self.history_.steps_per_epoch,
             },
         }
         if getattr(self.model_, "prototype_blocks", None) is not None:  # grown (training/growth.py)

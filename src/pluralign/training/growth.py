@@ -335,6 +335,18 @@ def _accuracy(margin: torch.Tensor) -> float:
     return float(((margin > 0).double() + 0.5 * (margin == 0).double()).mean())
 
 
+def _grow_epochs(est: PALEstimator, rows: int, batch_size: int) -> int:
+    """The model's epochs, or more: at least as many optimizer steps as one epoch of its own training.
+
+    The flagged users' rows are usually a small share of the training data; the model's epoch count alone
+    would then give the new prototypes a handful of steps (e.g. 2 epochs of 36,000 rows after training on
+    603,000)."""
+    original = est.history_.steps_per_epoch
+    if not original:  # checkpoints saved before steps_per_epoch was recorded
+        return est.epochs
+    return max(est.epochs, math.ceil(original / math.ceil(rows / batch_size)))
+
+
 def grow_estimator(
     est: PALEstimator,
     data: Any,
@@ -351,7 +363,9 @@ def grow_estimator(
 
     ``reference``: comparisons of seen users, the population the detection rule compares against (needed
     unless ``users`` names the users to grow on). All users of ``data`` must be new to the model; they are
-    all added to it. Raises NothingToGrow when no user is flagged; the estimator is then unchanged.
+    all added to it. ``epochs`` of the grow step default to the model's, raised to at least one epoch of its
+    own training in optimizer steps. Raises NothingToGrow when no user is flagged; the estimator is then
+    unchanged.
     """
     start = time.perf_counter()
     est._check_fitted()
@@ -462,7 +476,9 @@ def grow_estimator(
     # the grow step writes no metrics file or resumable training checkpoints of the estimator's own run
     off = {"metrics_path": None, "checkpoint_dir": None, "checkpoint_every": None, "checkpoint_seconds": None}
     off = {k: v for k, v in off.items() if k in {f.name for f in dataclasses.fields(config)}}
-    config = dataclasses.replace(config, epochs=est.epochs if epochs is None else epochs, **off)
+    if epochs is None:
+        epochs = _grow_epochs(est, len(tr), config.batch_size)
+    config = dataclasses.replace(config, epochs=epochs, **off)
     train_part = (est._batch(tr, to_train[local[tr.user]]), tables)
     val_part = (est._batch(ho, to_train[local[ho.user]]), tables) if len(ho) else None
     history = fit(trainee, train_part, val_part, config)

@@ -288,7 +288,7 @@ def fit_large(
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    history = History()
+    history = History(steps_per_epoch=steps_per_epoch)
     best_state: dict | None = None
     stale = 0
     steps = rows_total = 0

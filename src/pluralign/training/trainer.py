@@ -82,6 +82,8 @@ class History:
     stopped_early: bool = False
     seconds: float = 0.0
     comparisons_per_second: float = 0.0
+    #: optimizer steps in one epoch over the training data (None: not recorded, e.g. older checkpoints)
+    steps_per_epoch: int | None = None
 
 
 @torch.no_grad()
@@ -170,7 +172,7 @@ def fit(
     optimizer = make_optimizer(model, config)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     steps_per_epoch = math.ceil(n / config.batch_size)
-    history = History()
+    history = History(steps_per_epoch=steps_per_epoch)
     best_state: dict | None = None
     stale = 0
     first_epoch, first_step, global_step, elapsed = 1, 0, 0, 0.0
