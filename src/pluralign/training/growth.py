@@ -339,8 +339,8 @@ def _grow_epochs(est: PALEstimator, rows: int, batch_size: int) -> int:
     """The model's epochs, or more: at least as many optimizer steps as one epoch of its own training.
 
     The flagged users' rows are usually a small share of the training data; the model's epoch count alone
-    would then give the new prototypes a handful of steps (e.g. 2 epochs of 36,000 rows after training on
-    603,000)."""
+    would then give the new prototypes a handful of steps (the 5x-data grow benchmark: 0.965 on the new
+    group instead of 0.998)."""
     original = est.history_.steps_per_epoch
     if not original:  # checkpoints saved before steps_per_epoch was recorded
         return est.epochs

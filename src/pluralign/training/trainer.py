@@ -185,6 +185,7 @@ def fit(
         if config.resume:
             state = checkpoints.load()
             history, best_state, stale, elapsed = state.history, state.best_state, state.stale, state.elapsed
+            history.steps_per_epoch = steps_per_epoch  # absent from checkpoints written before the field
             first_epoch, first_step, global_step = state.epoch, state.step, state.global_step
             generator.set_state(state.generator_state)
             loss_sum, correct = state.loss_sum, state.correct
