@@ -15,9 +15,9 @@ Reported in one run (same data, same base model, same step budget):
   Gamma) and EM-DPO (each user's held-out pairs scored by the policy of their most probable type);
 - EM-DPO type recovery (adjusted Rand index) from 3-rankings vs from one random pair per ranking;
 - MMRA: worst-type regret of the min-max-regret mixture over EM-DPO's policies (mixture weights from
-  EM-DPO's own implicit-reward values, no labels) vs DPO's single policy, both measured with the true
-  utilities (best response 1, middle 0.5, worst 0) when a policy picks among a held-out topic's responses
-  with its own probabilities;
+  EM-DPO's own implicit-reward values, no labels; raw and normalized per type) vs DPO's single policy,
+  both measured with the true utilities (best response 1, middle 0.5, worst 0) when a policy picks among
+  a held-out topic's responses with its own probabilities;
 - MixDPO's learned spread of beta (cv = std / mean) on heterogeneous vs homogeneous data;
 - step time MixDPO / DPO, measured as alternating forward+backward passes on the same batches.
 Only the last two decoder blocks train (``train_last_blocks``); reference log-probs are computed once.
@@ -303,10 +303,11 @@ def run_em(
         record["accuracy"][kind] = float(np.mean(accs))
     record["macro_accuracy"] = float(np.mean(list(record["accuracy"].values())))
     # MMRA: weights from EM's own implicit-reward values (no labels), regret with the true utilities
-    mmra, _ = em.mmra()
     values = np.stack([policy_values(lp, kinds) for lp in per_policy], axis=1)  # [types, policies]
-    record["mmra_weights"] = mmra.weights.tolist()
-    record["mmra_values"] = (values @ mmra.weights).tolist()
+    for key, normalize in (("mmra", False), ("mmra_normalized", True)):
+        mmra, _ = em.mmra(normalize=normalize)
+        record[f"{key}_weights"] = mmra.weights.tolist()
+        record[f"{key}_values"] = (values @ mmra.weights).tolist()
     record["policy_values"] = values.tolist()
     return record, em
 
@@ -409,10 +410,15 @@ def run(settings: argparse.Namespace, console: Console) -> dict[str, Any]:
 
     em_rank = results["methods"][3]
     dpo_values = np.array(dpo_record["values"])
+
+    def worst_regret(type_values) -> float:
+        return float((1.0 - np.asarray(type_values)).max())
+
     results["regret"] = {
-        "DPO worst-type regret": float((1.0 - dpo_values).max()),
-        "MMRA worst-type regret": float((1.0 - np.array(em_rank["mmra_values"])).max()),
-        "reference worst-type regret": float((1.0 - np.array(results["reference_values"])).max()),
+        "DPO worst-type regret": worst_regret(dpo_values),
+        "MMRA worst-type regret": worst_regret(em_rank["mmra_values"]),
+        "MMRA (normalized) worst-type regret": worst_regret(em_rank["mmra_normalized_values"]),
+        "reference worst-type regret": worst_regret(results["reference_values"]),
     }
     atomic_write_json(out / "results.json", results)
     plot(results, task["types"], out / "dpo_heterogeneous.png")
@@ -454,7 +460,7 @@ def plot(results: dict, kinds: list[str], path: Path) -> None:
     axes[1].legend(fontsize=8)
     axes[1].set_title("MixDPO: spread of beta")
     regret = results["regret"]
-    axes[2].bar(range(len(regret)), list(regret.values()), color=["C3", "C2", "C7"])
+    axes[2].bar(range(len(regret)), list(regret.values()), color=["C3", "C2", "C2", "C7"])
     axes[2].set_xticks(range(len(regret)))
     axes[2].set_xticklabels([k.replace(" worst-type regret", "") for k in regret], fontsize=8)
     axes[2].set_ylabel("worst-type regret (true utility)")

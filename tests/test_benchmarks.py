@@ -99,6 +99,13 @@ def test_dpo_heterogeneous_benchmark(tmp_path):
         "MixDPO-LogNormal-homogeneous",
         "MixDPO-Gamma-homogeneous",
     }
+    assert set(results["regret"]) == {
+        "DPO worst-type regret",
+        "MMRA worst-type regret",
+        "MMRA (normalized) worst-type regret",
+        "reference worst-type regret",
+    }
+    assert all(0 <= r <= 1 for r in results["regret"].values())
     assert (tmp_path / "dpo_heterogeneous.png").stat().st_size > 0
 
 

@@ -54,3 +54,26 @@ def test_bad_values():
         min_max_regret(np.zeros(3))
     with pytest.raises(ValueError, match="finite"):
         min_max_regret(np.array([[1.0, np.nan]]))
+
+
+def test_normalized_regret_ignores_each_types_scale_and_shift():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(3, 4))
+    scale, shift = rng.uniform(0.01, 100.0, size=(3, 1)), rng.normal(scale=50.0, size=(3, 1))
+    base = min_max_regret(values, normalize=True)
+    moved = min_max_regret(values * scale + shift, normalize=True)
+    np.testing.assert_allclose(moved.regret, base.regret, atol=1e-9)
+    assert moved.max_regret == pytest.approx(base.max_regret, abs=1e-9)
+    # without normalizing, a type whose values are 100x larger dominates the mixture
+    raw = min_max_regret(np.array([[100.0, 0.0], [0.0, 1.0]]))
+    even = min_max_regret(np.array([[100.0, 0.0], [0.0, 1.0]]), normalize=True)
+    assert raw.weights[0] > 0.98
+    np.testing.assert_allclose(even.weights, [0.5, 0.5], atol=1e-9)
+    assert even.max_regret == pytest.approx(0.5)
+
+
+def test_normalized_regret_with_an_indifferent_type():
+    # type 1 values every policy the same: it constrains nothing, type 0 gets its best policy
+    result = min_max_regret(np.array([[0.0, 2.0, 1.0], [5.0, 5.0, 5.0]]), normalize=True)
+    np.testing.assert_allclose(result.weights, [0.0, 1.0, 0.0], atol=1e-9)
+    assert result.max_regret == pytest.approx(0.0, abs=1e-9)

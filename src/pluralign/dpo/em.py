@@ -317,15 +317,19 @@ class EMDPOTrainer:
             raise RuntimeError("call train() first")
         return self.posteriors_.idxmax(axis=1).str.removeprefix("type_").astype(int)
 
-    def mmra(self, values: np.ndarray | None = None) -> tuple[MinMaxRegret, MixturePolicy]:
+    def mmra(
+        self, values: np.ndarray | None = None, *, normalize: bool = False
+    ) -> tuple[MinMaxRegret, MixturePolicy]:
         """Min-max-regret mixture over the type policies, and a policy that serves from it.
 
         ``values[t, s]`` is the value of policy s for type t; by default the expected implicit reward of type
         t when policy s picks among each training ranking's responses (its log-probs renormalized over them).
+        ``normalize`` rescales each type's values to [0, 1] first (``pluralign.dpo.mmra``): implicit rewards
+        are on a different scale per type.
         """
         if values is None:
             values = self.value_matrix()
-        result = min_max_regret(values)
+        result = min_max_regret(values, normalize=normalize)
         return result, MixturePolicy(self, result.weights)
 
     def value_matrix(self) -> np.ndarray:

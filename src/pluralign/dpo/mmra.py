@@ -6,6 +6,11 @@ minimizes the worst regret over types,
     min_alpha  max_t ( max_s U[t, s] - sum_s alpha_s U[t, s] ),   alpha on the simplex,
 
 a linear program in (alpha, r): minimize r subject to  best_t - U[t] . alpha <= r  for every type t.
+
+Regret in raw units compares types on whatever scale each type's values come in. Values estimated from
+implicit rewards (beta log pi / pi_ref, what EM-DPO has without labels) are Bradley-Terry utilities, defined
+per type only up to a positive scale and a shift; ``normalize=True`` rescales each type's values to [0, 1]
+over the policies (its best policy 1, its worst 0) first, which makes the mixture invariant to those.
 """
 
 from __future__ import annotations
@@ -37,13 +42,20 @@ class MinMaxRegret:
         return int(draw) if n is None else draw
 
 
-def min_max_regret(values: np.ndarray) -> MinMaxRegret:
-    """Solve the min-max-regret mixture for a [types, policies] value matrix exactly (HiGHS LP)."""
+def min_max_regret(values: np.ndarray, *, normalize: bool = False) -> MinMaxRegret:
+    """Solve the min-max-regret mixture for a [types, policies] value matrix exactly (HiGHS LP).
+
+    ``normalize``: rescale each type's values to [0, 1] over the policies first (module docstring); a type
+    whose values are all equal is indifferent and constrains nothing. Regrets are then on that scale.
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
         raise ValueError(f"values must be a non-empty [types, policies] matrix, got shape {values.shape}")
     if not np.isfinite(values).all():
         raise ValueError("values must be finite")
+    if normalize:
+        low, spread = values.min(axis=1, keepdims=True), np.ptp(values, axis=1, keepdims=True)
+        values = np.divide(values - low, spread, out=np.zeros_like(values), where=spread > 0)
     n_types, n_policies = values.shape
     best = values.max(axis=1)
     # variables: alpha_1..alpha_S, r;  rows: best_t - U[t] . alpha - r <= 0  <=>  -U[t] . alpha - r <= -best_t
