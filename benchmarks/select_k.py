@@ -91,7 +91,7 @@ PERSONA_MAPS = {"mlp": {"f_layers": 2, "g_layers": 2}, "linear": {"f_layers": 1,
 
 def persona_runs(args: argparse.Namespace) -> list[tuple[str, int, int, dict]]:
     runs = []
-    for maps, k_star, seed in itertools.product(args.persona_maps, args.k_stars, range(args.seeds)):
+    for k_star, seed in itertools.product(args.k_stars, range(args.seeds)):
         data = embed_persona(
             build_persona(
                 k_star=k_star,
@@ -104,20 +104,21 @@ def persona_runs(args: argparse.Namespace) -> list[tuple[str, int, int, dict]]:
             cache_dir=args.cache,
         ).seen
         n_train = 0.8 * 0.8 * len(data)  # held-out users and comparisons are 20% each
-        params = {
-            "dim": 16,
-            "hidden": 128,
-            "batch_size": args.batch,
-            "epochs": max(1, math.ceil(args.steps * args.batch / n_train)),
-            "lr_maps": 3e-3,
-            "lr_prototypes": 3e-3,
-            "lr_users": 3e-2,
-            "patience": None,
-            "rows_per_context": 16,
-            **PERSONA_MAPS[maps],
-        }
-        kw = {"k_values": args.ks, "model": "pal-b", "shots": 10, **params}
-        runs.append((f"Persona K*={k_star} ({maps} maps)", k_star, seed, {"data": data, **kw}))
+        for maps in args.persona_maps:  # the same data for every variant of the maps
+            params = {
+                "dim": 16,
+                "hidden": 128,
+                "batch_size": args.batch,
+                "epochs": max(1, math.ceil(args.steps * args.batch / n_train)),
+                "lr_maps": 3e-3,
+                "lr_prototypes": 3e-3,
+                "lr_users": 3e-2,
+                "patience": None,
+                "rows_per_context": 16,
+                **PERSONA_MAPS[maps],
+            }
+            kw = {"k_values": args.ks, "model": "pal-b", "shots": 10, **params}
+            runs.append((f"Persona K*={k_star} ({maps} maps)", k_star, seed, {"data": data, **kw}))
     return runs
 
 
