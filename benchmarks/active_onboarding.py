@@ -68,7 +68,7 @@ def canonical_pairs(est: PALEstimator, data: PreferenceData) -> tuple[torch.Tens
         user_ids=data.user_ids, contexts=data.contexts, items=data.items,
         item_vectors=data.item_vectors, context_vectors=data.context_vectors,
     )  # fmt: skip
-    phi = pair_features(est.model_, est._batch(pairs, pairs.user), est._tables(pairs))
+    phi = pair_features(est.model_, est.to_batch(pairs, pairs.user), est.to_tables(pairs))
     return phi, question.astype(np.int64), data.chosen == low
 
 

@@ -110,7 +110,7 @@ def run_child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(THREADS)
     est = PALB(n_prototypes=4, dim=16, epochs=1, batch_size=args.batch_size, patience=None, seed=0)
     if args.only == "baseline":
-        est._build_model(1, DIM, DIM)
+        est.build_model(1, DIM, DIM)
         status = proc_status()
         return {"method": "baseline", "rss_mib": status.get("VmRSS"), "peak_rss_mib": status.get("VmHWM")}
     mode, millions = args.only.split("-")

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = args.model
     est = PALEstimator.load(model)
-    encoder = est._get_encoder()
+    encoder = est.get_encoder()
     keys = [str(k) for k in getattr(encoder, "keys", [])]
     items = [k for k in keys if k.startswith("item-")][:400]
     prompts = [k for k in keys if k.startswith("ctx-")][:50]

@@ -315,7 +315,7 @@ def test_keys_sharing_their_first_eight_bytes_are_told_apart(tmp_path):
     cache._write_shard(keys, vectors)
     cache.refresh()
     query = np.array([keys[2], b"\x01" * 8 + b"\x09" * 24, keys[0], keys[3], keys[1]], dtype="S32")
-    found, hit = cache._get_keys(query)
+    found, hit = cache.get_keys(query)
     assert hit.tolist() == [True, False, True, True, True]
     np.testing.assert_array_equal(found, vectors[[2, 0, 3, 1]])
 

@@ -261,7 +261,7 @@ def test_tiny_prefix_features_are_running_means(tiny_bert, tmp_path):
     encoder = SentenceTransformerEncoder(tiny_bert)
     texts = ["i like art very much", "music", "tell me about your weekend"]
     features = prefix_features(texts, encoder, dtype=torch.float32, cache_dir=tmp_path)
-    model = encoder._load()
+    model = encoder.load_model()
     tokens = model.encode(texts, output_value="token_embeddings", convert_to_numpy=False)
     for i, states in enumerate(tokens):
         rows = features.vectors[features.tokens.offsets[i] : features.tokens.offsets[i + 1]]

@@ -94,7 +94,7 @@ def test_health_model_and_openapi(serve, est):
     info = http.get("/v1/model").json()
     assert info["model_type"] == "pal_b" and info["estimator"] == "PALB"
     assert info["n_prototypes"] == 2 and info["checkpoint_users"] == len(est.users_)
-    assert info["encoder_id"] == est._get_encoder().id and info["state_users"] == 0
+    assert info["encoder_id"] == est.get_encoder().id and info["state_users"] == 0
     assert np.allclose(info["zero_shot_weights"], est.zero_shot_weights_.numpy())
     spec = http.get("/openapi.json").json()
     assert {"/v1/score", "/v1/feedback", "/v1/next-question", "/v1/users/{user_id}", "/v1/health"} <= set(
@@ -371,8 +371,8 @@ def test_read_only_mode(serve, model_dir, tmp_path):
 
 # --- micro-batching ---------------------------------------------------------------------------------------
 def test_embedder_batches_concurrent_requests_and_isolates_failures(est):
-    embedder = MicroBatchEmbedder(est._get_encoder(), max_wait=0.05, max_texts=1000)
-    table = est._get_encoder()
+    embedder = MicroBatchEmbedder(est.get_encoder(), max_wait=0.05, max_texts=1000)
+    table = est.get_encoder()
 
     async def main():
         texts = [[f"item-{i}", f"item-{i + 100}"] for i in range(10)]

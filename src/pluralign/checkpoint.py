@@ -28,7 +28,7 @@ VERSION = 1
 CONFIG, TENSORS, USERS = "config.json", "model.safetensors", "users.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -60,8 +60,8 @@ def save_checkpoint(
         full = {
             "format": FORMAT,
             "version": VERSION,
-            "tensors_sha256": _sha256(tmp / TENSORS),
-            "users_sha256": _sha256(tmp / USERS),
+            "tensors_sha256": sha256_file(tmp / TENSORS),
+            "users_sha256": sha256_file(tmp / USERS),
             **config,
         }
         full["config_sha256"] = config_digest(json.loads(json.dumps(full)))  # digest of what loading sees
@@ -113,7 +113,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, to
             "(load the model and save it again to change settings)"
         )
     for name, key in ((TENSORS, "tensors_sha256"), (USERS, "users_sha256")):
-        if (key == "tensors_sha256" or key in config) and _sha256(directory / name) != config.get(key):
+        if (key == "tensors_sha256" or key in config) and sha256_file(directory / name) != config.get(key):
             raise CheckpointError(
                 f"{directory / name}: checksum mismatch: the file is corrupt or was changed"
             )

@@ -132,40 +132,40 @@ class PALEstimator:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     # --- data -------------------------------------------------------------------------------------------
-    def _get_encoder(self) -> Encoder:
+    def get_encoder(self) -> Encoder:
         if getattr(self, "encoder_", None) is None:
             self.encoder_ = encoder_from_spec(self.encoder)
         return self.encoder_
 
-    def _get_cache(self) -> EmbeddingCache | None:
+    def get_cache(self) -> EmbeddingCache | None:
         """The embedding cache, opened once per estimator (opening reads every key)."""
         if self.cache_dir is None:
             return None
         if getattr(self, "cache_", None) is None:
-            self.cache_ = open_cache(self.cache_dir, self._get_encoder())
+            self.cache_ = open_cache(self.cache_dir, self.get_encoder())
         return self.cache_
 
-    def _get_context_encoder(self) -> Encoder:
+    def get_context_encoder(self) -> Encoder:
         """The prompts' encoder: ``context_encoder``, or the items' encoder when that is None."""
         if self.context_encoder is None:
-            return self._get_encoder()
+            return self.get_encoder()
         if getattr(self, "context_encoder_", None) is None:
             self.context_encoder_ = encoder_from_spec(self.context_encoder)
         return self.context_encoder_
 
-    def _get_context_cache(self) -> EmbeddingCache | None:
+    def get_context_cache(self) -> EmbeddingCache | None:
         if self.context_encoder is None or self.cache_dir is None:
-            return self._get_cache()
+            return self.get_cache()
         if getattr(self, "context_cache_", None) is None:
-            self.context_cache_ = open_cache(self.cache_dir, self._get_context_encoder())
+            self.context_cache_ = open_cache(self.cache_dir, self.get_context_encoder())
         return self.context_cache_
 
-    def _prepare(self, data: DataLike) -> PreferenceData:
+    def prepare(self, data: DataLike) -> PreferenceData:
         if not isinstance(data, PreferenceData):
             data = read_preferences(data)
         if data.is_embedded:
             return data
-        encoder, cache = self._get_encoder(), self._get_cache()
+        encoder, cache = self.get_encoder(), self.get_cache()
         fitted_without_context = getattr(self, "context_dim_", None) == 0
         if fitted_without_context or (not hasattr(self, "context_dim_") and (data.contexts == "").all()):
             # No prompts at all (or a model trained without them): contexts carry no features.
@@ -175,8 +175,8 @@ class PALEstimator:
             data,
             encoder,
             cache=cache,
-            context_encoder=self._get_context_encoder(),
-            context_cache=self._get_context_cache(),
+            context_encoder=self.get_context_encoder(),
+            context_cache=self.get_context_cache(),
             show_progress=self.progress,
         )
 
@@ -188,15 +188,15 @@ class PALEstimator:
                 path=source,
             )
 
-    def _tables(self, data: PreferenceData) -> Tables:
+    def to_tables(self, data: PreferenceData) -> Tables:
         self._check_dims(data.item_dim, data.context_dim, data.source)
         return Tables(torch.from_numpy(data.item_vectors), torch.from_numpy(data.context_vectors))
 
-    def _user_positions(self, data: PreferenceData) -> np.ndarray:
+    def user_rows(self, data: PreferenceData) -> np.ndarray:
         """Model row of each comparison's user; -1 for users the model does not know."""
         return self.users_.get_indexer(pd.Index(data.user_ids.astype(str)))[data.user]
 
-    def _batch(self, data: PreferenceData, users: np.ndarray) -> Batch:
+    def to_batch(self, data: PreferenceData, users: np.ndarray) -> Batch:
         return Batch(
             torch.from_numpy(np.asarray(users, dtype=np.int64)),
             torch.from_numpy(data.context),
@@ -205,7 +205,7 @@ class PALEstimator:
         )
 
     # --- fitting ----------------------------------------------------------------------------------------
-    def _build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
+    def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
         raise NotImplementedError
 
     def _mlp(self, layers: int) -> MLPConfig:
@@ -213,7 +213,7 @@ class PALEstimator:
             n_layers=layers, hidden=self.hidden, dropout=self.dropout, residual=self.residual, bias=self.bias
         )
 
-    def _train_config(self) -> TrainConfig:
+    def train_config(self) -> TrainConfig:
         return TrainConfig(
             loss=self.loss,
             epochs=self.epochs,
@@ -238,8 +238,8 @@ class PALEstimator:
 
         ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` (same data and settings).
         """
-        config = dataclasses.replace(self._train_config(), resume=resume)
-        train = self._prepare(train)
+        config = dataclasses.replace(self.train_config(), resume=resume)
+        train = self.prepare(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
         present = np.unique(train.user)
@@ -247,12 +247,12 @@ class PALEstimator:
         self.n_seen_users_ = len(self.users_)
         self.item_dim_, self.context_dim_ = train.item_dim, train.context_dim
         torch.manual_seed(self.seed)
-        self.model_ = self._build_model(self.n_seen_users_, self.item_dim_, self.context_dim_)
-        train_part = (self._batch(train, self._user_positions(train)), self._tables(train))
+        self.model_ = self.build_model(self.n_seen_users_, self.item_dim_, self.context_dim_)
+        train_part = (self.to_batch(train, self.user_rows(train)), self.to_tables(train))
         val_part = None
         if val is not None:
-            val = self._prepare(val)
-            users = self._user_positions(val)
+            val = self.prepare(val)
+            users = self.user_rows(val)
             known = users >= 0
             if not known.all():
                 logger.warning(
@@ -261,19 +261,19 @@ class PALEstimator:
                     int((~known).sum()),
                     len(val),
                 )
-            val_part = (self._batch(val.subset(known), users[known]), self._tables(val))
+            val_part = (self.to_batch(val.subset(known), users[known]), self.to_tables(val))
         if self.loss in PREFIX_LOSSES:  # needs token-level features: the cumulative-loss loop
             from pluralign.training.large import fit_tiny_prefixes
 
             self.history_: History = fit_tiny_prefixes(
-                self.model_, train, train_part, val_part, config, self._get_encoder(), self.cache_dir
+                self.model_, train, train_part, val_part, config, self.get_encoder(), self.cache_dir
             )
         else:
             self.history_ = fit(self.model_, train_part, val_part, config)
         self.zero_shot_weights_ = zero_shot_weights(self.model_, self.n_seen_users_)
         return self
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise PluralignError(f"this {type(self).__name__} is not fitted yet: call fit() or load()")
 
@@ -285,15 +285,15 @@ class PALEstimator:
 
     def margins(self, data: DataLike) -> np.ndarray:
         """r_u(chosen) - r_u(rejected) for every row; unknown users get the zero-shot weights."""
-        self._check_fitted()
-        data = self._prepare(data)
-        users = self._user_positions(data)
+        self.check_fitted()
+        data = self.prepare(data)
+        users = self.user_rows(data)
         unknown = users < 0
         if unknown.any():
             logger.info("%d comparisons from unknown users use zero-shot weights", int(unknown.sum()))
             users = np.where(unknown, self.model_.n_users, users)
-        batch = self._batch(data, users)
-        margin = predict_margins(self.model_, batch, self._tables(data), self._logits_with_zero_shot())
+        batch = self.to_batch(data, users)
+        margin = predict_margins(self.model_, batch, self.to_tables(data), self._logits_with_zero_shot())
         return margin.double().numpy()
 
     def predict_proba(self, data: DataLike) -> np.ndarray:
@@ -313,7 +313,7 @@ class PALEstimator:
 
     def user_weights(self, user_ids: Sequence[str] | None = None) -> pd.DataFrame:
         """Mixture weights per user (rows) over prototypes (columns w0..w{K-1})."""
-        self._check_fitted()
+        self.check_fitted()
         weights = self.model_.weights().detach().double().numpy()
         frame = pd.DataFrame(weights, index=self.users_, columns=[f"w{k}" for k in range(weights.shape[1])])
         frame.index.name = "user_id"
@@ -328,7 +328,7 @@ class PALEstimator:
         self, user_ids: str | Sequence[str], prompts: str | Sequence[str], responses: Sequence[str]
     ) -> np.ndarray:
         """Reward of each response for its user and prompt (a single user id or prompt is broadcast)."""
-        self._check_fitted()
+        self.check_fitted()
         responses = list(responses)
         n = len(responses)
         user_ids = [user_ids] * n if isinstance(user_ids, str) else list(user_ids)
@@ -339,10 +339,10 @@ class PALEstimator:
             )
         if n == 0:
             return np.zeros(0)
-        encoder, cache = self._get_encoder(), self._get_cache()
+        encoder, cache = self.get_encoder(), self.get_cache()
         items = embed_texts(responses, encoder, cache=cache)
         contexts = (
-            embed_texts(prompts, self._get_context_encoder(), cache=self._get_context_cache())
+            embed_texts(prompts, self.get_context_encoder(), cache=self.get_context_cache())
             if self.context_dim_
             else np.zeros((n, 0), dtype=np.float32)
         )
@@ -370,17 +370,17 @@ class PALEstimator:
 
         Returns one row per user: the weights (w0..w{K-1}) and how many comparisons they rest on.
         """
-        self._check_fitted()
-        data = self._prepare(data)
+        self.check_fitted()
+        data = self.prepare(data)
         present = np.unique(data.user)
         ids = pd.Index(data.user_ids[present].astype(str))
         local = np.full(len(data.user_ids), -1, dtype=np.int64)
         local[present] = np.arange(len(present))
-        batch = self._batch(data, local[data.user])
+        batch = self.to_batch(data, local[data.user])
         weights = fit_user_weights(
             self.model_,
             batch,
-            self._tables(data),
+            self.to_tables(data),
             n_users=len(ids),
             prior=self.zero_shot_weights_,
             loss=self.loss,
@@ -446,11 +446,11 @@ class PALEstimator:
     # --- persistence ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write config.json, model.safetensors and users.json to ``directory`` (atomically)."""
-        self._check_fitted()
+        self.check_fitted()
         params = self.get_params()
         params["encoder"] = encoder_spec(self.encoder_ if getattr(self, "encoder_", None) else self.encoder)
         if self.context_encoder is not None:
-            params["context_encoder"] = encoder_spec(self._get_context_encoder())
+            params["context_encoder"] = encoder_spec(self.get_context_encoder())
         params["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
         params["metrics_path"] = None if self.metrics_path is None else str(self.metrics_path)
         params["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
@@ -498,7 +498,7 @@ class PALEstimator:
             est.item_dim_, est.context_dim_ = int(config["item_dim"]), int(config["context_dim"])
             est.n_seen_users_ = int(config["n_seen_users"])
             est.zero_shot_weights_ = tensors.pop("zero_shot_weights")
-            est.model_ = est._build_model(len(users), est.item_dim_, est.context_dim_)
+            est.model_ = est.build_model(len(users), est.item_dim_, est.context_dim_)
             if config.get("prototype_blocks") is not None:
                 from pluralign.models.grown import make_blockwise
 
@@ -517,7 +517,7 @@ class PALA(PALEstimator):
 
     model_kind = "pal_a"
 
-    def _build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
+    def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
         return PALAModel(
             n_users, self.n_prototypes, item_dim, context_dim, self.dim, self._mlp(self.f_layers)
         )
@@ -528,7 +528,7 @@ class PALB(PALEstimator):
 
     model_kind = "pal_b"
 
-    def _build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
+    def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
         return PALBModel(
             n_users,
             self.n_prototypes,
@@ -555,7 +555,7 @@ class BTL(PALEstimator):
     def _param_names(cls) -> list[str]:
         return PALEstimator._param_names()
 
-    def _build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
+    def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
         return BTLModel(n_users, item_dim, context_dim, self._mlp(self.f_layers))
 
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from pluralign.checkpoint import _sha256
+from pluralign.checkpoint import sha256_file
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.readers import read_preferences
 from pluralign.encoders import EmbeddingCache, SentenceTransformerEncoder
@@ -133,15 +133,15 @@ class _LargeMixin:
             data = read_preferences(data)
         return replace(data, item_vectors=None, context_vectors=None) if data.is_embedded else data
 
-    def _get_cache(self) -> EmbeddingCache | None:
+    def get_cache(self) -> EmbeddingCache | None:
         return None  # the tower's vectors change with training: never cached
 
-    def _prepare(self, data: DataLike) -> PreferenceData:
-        return super()._prepare(self._texts(data))
+    def prepare(self, data: DataLike) -> PreferenceData:
+        return super().prepare(self._texts(data))
 
     def _large_config(self) -> LargeConfig:
         return LargeConfig.from_train_config(
-            self._train_config(),
+            self.train_config(),
             encoder_lr=self.encoder_lr,
             encoder_wd=self.encoder_wd,
             grad_accum_steps=self.grad_accum_steps,
@@ -176,21 +176,21 @@ class _LargeMixin:
         self.users_ = pd.Index(train.user_ids[present].astype(str))
         self.n_seen_users_ = len(self.users_)
         self.item_dim_, self.context_dim_ = tower.dim, tower.dim if with_context else 0
-        self.model_ = self._build_model(self.n_seen_users_, self.item_dim_, self.context_dim_)
+        self.model_ = self.build_model(self.n_seen_users_, self.item_dim_, self.context_dim_)
         source = TowerSource(tower, items, contexts)
         val_part = None
         if val is not None:
             val = self._texts(val)
-            users = self._user_positions(val)
+            users = self.user_rows(val)
             known = users >= 0
             val_items = tower.tokenize(val.items)
             val_contexts = tower.tokenize(val.contexts) if with_context else None
             n_val_contexts = len(val.contexts)
             val_part = (
-                self._batch(val.subset(known), users[known]),
+                self.to_batch(val.subset(known), users[known]),
                 lambda: source.encode(val_items, val_contexts, n_val_contexts),
             )
-        batch = self._batch(train, self._user_positions(train))
+        batch = self.to_batch(train, self.user_rows(train))
         self.history_ = fit_large(self.model_, source, batch, val_part, config)
         self.model_.cpu()
         tower.cpu()
@@ -211,7 +211,7 @@ class _LargeMixin:
                     "dir": ENCODER_DIR,
                     "normalize": tower.normalize,
                     "max_length": tower.max_length,
-                    "weights_sha256": _sha256(directory / ENCODER_DIR / "model.safetensors"),
+                    "weights_sha256": sha256_file(directory / ENCODER_DIR / "model.safetensors"),
                 }
             }
 
@@ -228,7 +228,7 @@ class _LargeMixin:
             raise CheckpointError(
                 f"{directory}: missing {weights.relative_to(directory)} (the fine-tuned encoder)"
             )
-        if _sha256(weights) != info["weights_sha256"]:
+        if sha256_file(weights) != info["weights_sha256"]:
             raise CheckpointError(f"{weights}: checksum mismatch: the file is corrupt or was changed")
         tower = TextTower.from_pretrained(
             directory / info["dir"], max_length=info["max_length"], normalize=info["normalize"]

@@ -347,7 +347,7 @@ def select_k(
         template = cls(**params)
     except TypeError as exc:
         raise PluralignError(f"bad estimator parameter: {exc}") from None
-    data = template._prepare(data)  # embeds once (through the cache), shared by every fit
+    data = template.prepare(data)  # embeds once (through the cache), shared by every fit
     n_users = len(data.users_present())
     n_held = int(np.floor(held_out_users * n_users + 0.5)) if new_metrics else 0
     n_held = max(n_held, 1) if new_metrics else 0

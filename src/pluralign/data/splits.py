@@ -61,7 +61,7 @@ def split_per_user(
     if abs(fractions.sum() - 1.0) > 1e-6:
         raise ValueError(f"fractions must sum to 1, got {fractions.tolist()} (sum {fractions.sum():.6g})")
     rng = np.random.default_rng(seed)
-    rank, count = _rank_within_user(data, rng)
+    rank, count = rank_within_user(data, rng)
     offset = rng.random(data.n_users)[data.user]
     # Split boundaries per row's user; the same offset for every boundary keeps them ordered and makes
     # each split's share floor or ceil of its exact share.
@@ -83,12 +83,12 @@ def take_per_user(data: PreferenceData, n: int, *, seed: int = 0) -> tuple[Prefe
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    rank, _ = _rank_within_user(data, np.random.default_rng(seed))
+    rank, _ = rank_within_user(data, np.random.default_rng(seed))
     first = rank < n
     return data.subset(first), data.subset(~first)
 
 
-def _rank_within_user(data: PreferenceData, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def rank_within_user(data: PreferenceData, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Per row: its position in a random order of its user's rows, and its user's row count."""
     m = len(data)
     shuffled = rng.permutation(m)

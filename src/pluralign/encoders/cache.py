@@ -278,9 +278,10 @@ class EmbeddingCache:
 
     def get_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(float32 vectors [hits, dim] of the cached texts in input order, boolean hit mask [len(texts)])."""
-        return self._get_keys(text_keys(self.encoder_id, texts))
+        return self.get_keys(text_keys(self.encoder_id, texts))
 
-    def _get_keys(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def get_keys(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors of the keys found (in key order) and a mask of which keys were found."""
         found = self._find(keys)
         hit = found >= 0
         out = np.empty((int(hit.sum()), self._dim or 0), dtype=np.float32)
@@ -464,7 +465,7 @@ def embed_texts(
 
     if cache is not None:
         keys = text_keys(cache.encoder_id, uniques)
-        cached, hit = cache._get_keys(keys)
+        cached, hit = cache.get_keys(keys)
     else:
         keys = None
         cached, hit = None, np.zeros(len(uniques), dtype=bool)

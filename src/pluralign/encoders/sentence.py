@@ -113,11 +113,12 @@ class SentenceTransformerEncoder:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._load()
+            self.load_model()
         assert self._dim is not None
         return self._dim
 
-    def _load(self) -> Any:
+    def load_model(self) -> Any:
+        """The SentenceTransformer, loaded once (thread-safe); also sets ``dim``."""
         with self._lock:
             if self._model is not None:
                 return self._model
@@ -155,7 +156,7 @@ class SentenceTransformerEncoder:
         self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
         """Float32 vectors [len(texts), dim]; a tqdm bar when ``show_progress``."""
-        model = self._load()
+        model = self.load_model()
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -72,7 +72,7 @@ def prefix_features(
             if cached is not None:
                 return cached
     normalize = encoder.normalize or inspect_model_dir(encoder.model_path).normalize
-    model = encoder._load()
+    model = encoder.load_model()
     tokens = _tokens(model, texts)
     states = model.encode(
         texts,

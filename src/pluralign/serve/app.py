@@ -171,9 +171,9 @@ class Service:
         self.model = est.model_.eval()
         self.k = int(self.model.n_prototypes)
         self.context_dim = int(est.context_dim_)
-        self.encoder = est._get_encoder()
+        self.encoder = est.get_encoder()
         self.embedder = MicroBatchEmbedder(
-            self.encoder, est._get_cache(), max_wait=batch_wait, max_texts=batch_texts
+            self.encoder, est.get_cache(), max_wait=batch_wait, max_texts=batch_texts
         )
         with torch.no_grad():
             table = self.model.weights().detach().float()

@@ -443,7 +443,7 @@ def select_questions(
 def _candidate_data(estimator: PALEstimator, candidates: Any) -> PreferenceData:
     """Candidate pairs as PreferenceData (chosen = a, rejected = b), embedded by the estimator."""
     if isinstance(candidates, PreferenceData):
-        return estimator._prepare(candidates)
+        return estimator.prepare(candidates)
     if isinstance(candidates, pd.DataFrame):
         frame = candidates.copy()
         if "prompt" not in frame.columns:
@@ -477,7 +477,7 @@ def _candidate_data(estimator: PALEstimator, candidates: Any) -> PreferenceData:
     frame = pd.DataFrame(
         {"user_id": "candidates", "prompt": frame["prompt"], "chosen": frame["a"], "rejected": frame["b"]}
     )
-    return estimator._prepare(PreferenceData.from_frame(frame, source="candidates"))
+    return estimator.prepare(PreferenceData.from_frame(frame, source="candidates"))
 
 
 def _pair_keys(data: PreferenceData) -> pd.Series:
@@ -503,12 +503,12 @@ def next_questions(
     """The next question for each user: ``PALEstimator.next_questions`` (see there). ``skip_answered``
     False keeps pairs a user already answered among the candidates."""
     check_strategy(strategy)
-    estimator._check_fitted()
+    estimator.check_fitted()
     model = estimator.model_
     _check_model(model)
     pool = _candidate_data(estimator, candidates)
     seed = estimator.seed if seed is None else seed
-    answered = None if answers is None else estimator._prepare(answers)
+    answered = None if answers is None else estimator.prepare(answers)
     if users is None:
         if answered is None or len(answered) == 0:
             raise PluralignError("no users: pass answers or users")
@@ -518,7 +518,7 @@ def next_questions(
         raise DataError("duplicate user ids in users", field="users")
     local = np.zeros(0, dtype=np.int64) if answered is None else ids.get_indexer(answered.user_ids)
     rows = np.zeros(0, dtype=np.int64) if answered is None else np.flatnonzero(local[answered.user] >= 0)
-    phi = pair_features(model, estimator._batch(pool, np.zeros(len(pool))), estimator._tables(pool))
+    phi = pair_features(model, estimator.to_batch(pool, np.zeros(len(pool))), estimator.to_tables(pool))
     population = model.weights()[: estimator.n_seen_users_].detach()
     particles = prior_particles(n_particles, model.n_prototypes, population=population, seed=seed)
     posterior = OnboardingPosterior(model, particles, len(ids), lapse=lapse, temperature=temperature)
@@ -528,7 +528,7 @@ def next_questions(
         answered = answered.subset(rows)
         user = local[answered.user]
         # the user chose `chosen` over `rejected`: a pair (a = chosen, b = rejected) answered "a"
-        answer_phi = pair_features(model, estimator._batch(answered, user), estimator._tables(answered))
+        answer_phi = pair_features(model, estimator.to_batch(answered, user), estimator.to_tables(answered))
         posterior.observe(torch.from_numpy(user), answer_phi, torch.ones(len(user), dtype=torch.bool))
         if skip_answered:
             hits = pd.DataFrame({"key": _pair_keys(answered), "user": user}).merge(

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from pluralign.data.comparisons import PreferenceData
-from pluralign.data.splits import _rank_within_user, split_per_user, take_per_user
+from pluralign.data.splits import rank_within_user, split_per_user, take_per_user
 from pluralign.errors import DataError, PluralignError
 from pluralign.models.base import Batch, PreferenceModel
 from pluralign.models.grown import make_blockwise
@@ -171,7 +171,7 @@ def _fit_weights(
     weights = fit_user_weights(
         model,
         batch,
-        est._tables(parts[0][1]),
+        est.to_tables(parts[0][1]),
         n_users=n_users * len(parts),
         prior=prior,
         loss=est.loss,
@@ -191,13 +191,13 @@ def cross_validated_accuracy(
     model's prototypes frozen; all users and folds in one batched fit. Ties count half. The estimator is
     not modified. Index: user_id.
     """
-    data = est._prepare(data)
+    data = est.prepare(data)
     present = np.unique(data.user)
     local = np.full(data.n_users, -1, dtype=np.int64)
     local[present] = np.arange(len(present))
     ids = pd.Index(data.user_ids[present].astype(str), name="user_id")
     users = local[data.user]
-    rank, _ = _rank_within_user(data, np.random.default_rng(seed))
+    rank, _ = rank_within_user(data, np.random.default_rng(seed))
     fold = rank % folds
     # fold f's fit of user u is pseudo-user u * folds + f: every row of u outside fold f
     rows = np.repeat(np.arange(len(data)), folds)
@@ -206,8 +206,8 @@ def cross_validated_accuracy(
     rows, fit_fold = rows[keep], fit_fold[keep]
     fit_part = (users[rows] * folds + fit_fold, data.subset(rows))
     (weights,) = _fit_weights(est, est.model_, [fit_part], len(present) * folds)
-    batch = est._batch(data, users * folds + fold)
-    margin = predict_margins(est.model_, batch, est._tables(data), weights_to_logits(weights))
+    batch = est.to_batch(data, users * folds + fold)
+    margin = predict_margins(est.model_, batch, est.to_tables(data), weights_to_logits(weights))
     margin = margin.double().numpy()
     correct = np.bincount(users, weights=(margin > 0) + 0.5 * (margin == 0), minlength=len(present))
     counts = np.bincount(users, minlength=len(present))
@@ -260,7 +260,7 @@ def detect(
     users' median number of comparisons: both sides' cross-validated weights rest on as many answers.
     """
     rule = rule or DetectionRule()
-    data, reference = est._prepare(data), est._prepare(reference)
+    data, reference = est.prepare(data), est.prepare(reference)
     if len(reference) == 0:
         raise DataError("reference: no comparisons of seen users", path=reference.source)
     present = np.unique(reference.user)
@@ -368,7 +368,7 @@ def grow_estimator(
     unchanged.
     """
     start = time.perf_counter()
-    est._check_fitted()
+    est.check_fitted()
     if isinstance(n_new, bool) or not isinstance(n_new, int | np.integer) or n_new < 1:
         raise PluralignError(f"n_new must be an integer >= 1, got {n_new!r}")
     if not isinstance(est.model_, PALAModel | PALBModel):
@@ -376,7 +376,7 @@ def grow_estimator(
     if not 0 < heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
     rule = rule or DetectionRule()
-    data = est._prepare(data)
+    data = est.prepare(data)
     if len(data) == 0:
         raise DataError("no comparisons of new users", path=data.source)
     present = np.unique(data.user)
@@ -405,7 +405,7 @@ def grow_estimator(
             "detecting poorly explained users needs comparisons of seen users to compare against "
             "(reference=..., CLI --reference FILE), or name the users to grow on (users=..., --users)"
         )
-    reference_data = None if reference is None else est._prepare(reference)
+    reference_data = None if reference is None else est.prepare(reference)
 
     # --- detection -------------------------------------------------------------------------------------
     if reference_data is not None:
@@ -434,7 +434,7 @@ def grow_estimator(
     old = est.model_
     n_old = old.n_prototypes
     grown = add_prototypes(old, n_new, seed=est.seed + 1)
-    tables = est._tables(data)
+    tables = est.to_tables(data)
     local = np.full(data.n_users, -1, dtype=np.int64)
     local[present] = np.arange(len(present))
     is_flagged = ids.isin(flagged)
@@ -444,7 +444,7 @@ def grow_estimator(
     # before: few-shot weights with the old prototypes, fitted on the 90%, scored on the 10%
     (weights_before,) = _fit_weights(est, old, [(local[train.user], train)], len(present))
     margin_before = predict_margins(
-        old, est._batch(heldout, local[heldout.user]), tables, weights_to_logits(weights_before)
+        old, est.to_batch(heldout, local[heldout.user]), tables, weights_to_logits(weights_before)
     )
 
     # train the new prototypes and the flagged users' weights on the flagged users' 90%, all else frozen
@@ -472,15 +472,15 @@ def grow_estimator(
         trainee.prototypes.register_hook(lambda grad: grad * mask)
     tr = train.subset(flagged_rows)
     ho = heldout.subset(held_flagged)
-    config = est._train_config()
+    config = est.train_config()
     # the grow step writes no metrics file or resumable training checkpoints of the estimator's own run
     off = {"metrics_path": None, "checkpoint_dir": None, "checkpoint_every": None, "checkpoint_seconds": None}
     off = {k: v for k, v in off.items() if k in {f.name for f in dataclasses.fields(config)}}
     if epochs is None:
         epochs = _grow_epochs(est, len(tr), config.batch_size)
     config = dataclasses.replace(config, epochs=epochs, **off)
-    train_part = (est._batch(tr, to_train[local[tr.user]]), tables)
-    val_part = (est._batch(ho, to_train[local[ho.user]]), tables) if len(ho) else None
+    train_part = (est.to_batch(tr, to_train[local[tr.user]]), tables)
+    val_part = (est.to_batch(ho, to_train[local[ho.user]]), tables) if len(ho) else None
     history = fit(trainee, train_part, val_part, config)
     # every frozen parameter must be untouched, or the new prototypes were fitted against other numbers
     reference_params = dict(grown.named_parameters())
@@ -504,7 +504,7 @@ def grow_estimator(
     held_others = ~held_flagged
     margin_after_others = predict_margins(
         grown,
-        est._batch(heldout.subset(held_others), local[heldout.user[held_others]]),
+        est.to_batch(heldout.subset(held_others), local[heldout.user[held_others]]),
         tables,
         weights_to_logits(weights_after),
     )
@@ -515,7 +515,7 @@ def grow_estimator(
     # --- commit ----------------------------------------------------------------------------------------
     check = None
     if reference_data is not None:
-        seen = est._user_positions(reference_data) >= 0
+        seen = est.user_rows(reference_data) >= 0
         if seen.any():
             ref_rows = reference_data.subset(seen)
             before = est.margins(ref_rows)

@@ -954,7 +954,7 @@ def _register_benchmark(name: str, summary: str) -> None:
     )
     @command
     def run(ctx: typer.Context) -> None:
-        script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name.replace('-', '_')}.py"
+        script = Path(__file__).resolve().parents[3] / "benchmarks" / f"{name.replace('-', '_')}.py"
         if not script.is_file():
             raise PluralignError(
                 f"benchmark script {script} not found: benchmarks ship with the source checkout"
@@ -969,7 +969,3 @@ for _name, _summary in BENCHMARKS.items():
 
 def main() -> None:  # pragma: no cover - console entry
     app()
-
-
-if __name__ == "__main__":  # `python -m pluralign.cli` (what torchrun launches)
-    main()
