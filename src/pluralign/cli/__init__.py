@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
 import runpy
 import sys
 import time
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from pluralign.cli.common import JsonOut, Verbose, command, console, emit, err_console, print_table
+from pluralign.cli.common import setup as _setup
+from pluralign.cli.datasets import datasets_app
 from pluralign.errors import PluralignError
-from pluralign.report.tables import rows_table
 
 app = typer.Typer(
     help="pluralign: personalized reward models from heterogeneous preferences (PAL, BTL).",
@@ -38,9 +36,6 @@ dpo_app = typer.Typer(
 )
 app.add_typer(dpo_app, name="dpo")
 
-console = Console()
-err_console = Console(stderr=True)
-
 
 class ModelKind(StrEnum):
     pal_a = "pal-a"
@@ -55,47 +50,6 @@ class Loss(StrEnum):
     cumulative_mean = "cumulative-mean"
 
 
-def _setup(verbose: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def command(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user-facing errors into one clear line on stderr and exit code 2 (no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except PluralignError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except (ValueError, FileNotFoundError) as exc:
-            # Bad option values reach us as ValueError from config validation.
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    console.print(rows_table(rows, title) if rows else "(no rows)")
-
-
-def emit(rows: list[dict[str, Any]], as_json: bool, title: str | None = None) -> None:
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, title)
-
-
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details to stderr.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 EncoderOpt = Annotated[
     str | None,
     typer.Option(
@@ -969,3 +923,6 @@ for _name, _summary in BENCHMARKS.items():
 
 def main() -> None:  # pragma: no cover - console entry
     app()
+
+
+app.add_typer(datasets_app, name="datasets")
