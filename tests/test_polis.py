@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -516,6 +517,16 @@ def test_encodings_and_templates(tmp_path):
         ValueError, match=r"comments\.csv:2: the agree and disagree templates give the same text"
     ):
         read_polis(tmp_path / "transit", template=clash)
+    empty_description = tmp_path / "no-description"
+    export(empty_description)
+    write_csv(empty_description / "summary.csv", [*SUMMARY[:2], ["conversation-description", ""]])
+    blank = RowTemplate(prompt="{statement}", agree="{description}", disagree="No")
+    with pytest.raises(ValueError, match=r"comments\.csv:2: a response template gives an empty text"):
+        read_polis(empty_description, template=blank)
+    with pytest.raises(ValueError, match="cannot be filled in"):
+        read_polis(
+            tmp_path / "transit", template=RowTemplate(prompt="{statement:d}", agree="Y", disagree="N")
+        )
     with pytest.raises(ValueError, match="unknown encoding 'yesno'"):
         read_polis(tmp_path / "transit", template="yesno")
     with pytest.raises(ValueError, match="min_votes must be an integer >= 1"):
@@ -624,7 +635,7 @@ def test_every_command_in_the_docs_runs(tmp_path, monkeypatch):
     ]
     assert len(commands) >= 4
     for command in commands:
-        args = command.split()
+        args = shlex.split(command)
         assert args[0] == "pluralign", command
         result = runner.invoke(app, args[1:], catch_exceptions=False)
         assert result.exit_code == 0, (command, result.output)
@@ -641,6 +652,36 @@ def test_the_docs_table_is_what_the_reader_gives(shipped):
         cells = [line["conversation"], *(f"{line[k]:,}" for k in ("users", "statements", "rows"))]
         cells += [f"{line['passes']:,}", f"{line['moderated_out']:,}", f"{line['users_skipped']:,}"]
         assert "| " + " | ".join(cells) + " |" in text, cells
-    assert ATTRIBUTION.split(". The data")[0] in text.replace("\n", " ")
+    assert ATTRIBUTION in re.sub(r"\n(> ?)?", " ", text)  # the full statement, across the quote's lines
     for link in shipped["default"].attribution()["links"]:
         assert link in text
+    everything = shipped["all"].report.totals()
+    assert f"{everything['users']:,} users, {everything['rows']:,} rows" in text
+
+
+@needs_polis
+def test_the_error_messages_in_the_docs_are_the_readers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = Path("data/polis/brexit-consensus")
+    shown = [line.removeprefix("error: ") for line in doc_blocks("text")[0].splitlines() if line]
+    assert len(shown) == 3
+
+    def message(*options) -> str:
+        result = invoke("datasets", "polis", folder, "--out", "rows.jsonl", *options)
+        assert result.exit_code == 2
+        return " ".join(result.output.removeprefix("error: ").split())  # undo the console's line wrapping
+
+    shutil.copytree(POLIS / folder.name, folder)
+    votes = read_rows(folder / "votes.csv")
+    votes[2]["vote"] = "yes"
+    with open(folder / "votes.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(votes[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(votes)
+    assert message("--votes-from", "votes.csv") == shown[0]
+    matrix = (folder / "participants-votes.csv").read_text(encoding="utf-8").split("\n", 1)
+    (folder / "participants-votes.csv").write_text(matrix[0] + ",999\n" + matrix[1].replace("\n", ",\n"))
+    assert message() == shown[1]
+    comments = read_rows(folder / "comments.csv")
+    write_csv(folder / "comments.csv", [list(comments[0])[:-1], *([*r.values()][:-1] for r in comments)])
+    assert message() == shown[2]

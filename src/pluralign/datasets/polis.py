@@ -25,8 +25,8 @@ models and settings apply. The alternative, ``statement``, puts the statement in
 (``prompt = 'On "<topic>": where do you stand?'``, responses ``"I agree: <statement>"`` /
 ``"I disagree: <statement>"``): there is one context per conversation, so PAL-B's ``z_u`` is one fixed
 vector per user and the whole signal must come from ``f(I agree: s) - f(I disagree: s)``, the difference of
-two embeddings that differ by a couple of words (for all-MiniLM-L6-v2 their cosine similarity is ~0.9). The
-docs (docs/datasets/polis.md) give a small measurement of both. Both, and any other
+two embeddings that differ by a couple of words (for all-MiniLM-L6-v2 their cosine similarity is 0.98 on
+average). docs/datasets/polis.md gives a small measurement of both. Both, and any other
 :class:`RowTemplate` (Python format strings over ``{statement}``, ``{topic}``, ``{description}``,
 ``{conversation}``, ``{comment_id}``), are options; the statement must appear in the prompt or in both
 responses.
@@ -139,7 +139,10 @@ class RowTemplate:
         for text, comment_id in zip(texts.tolist(), comment_ids.tolist(), strict=True):
             values = {"statement": text, "comment_id": comment_id, **context}
             for texts_out, template in zip(out, (self.prompt, self.agree, self.disagree), strict=True):
-                texts_out.append(template.format(**values))
+                try:
+                    texts_out.append(template.format(**values))
+                except (ValueError, TypeError, KeyError, IndexError) as exc:  # e.g. "{statement:d}"
+                    raise ValueError(f"the template {template!r} cannot be filled in: {exc}") from None
         return out
 
 
@@ -276,9 +279,6 @@ def read_polis(
         raise ValueError(f"votes_from must be one of {', '.join(VOTES_FROM)}, got {votes_from!r}")
     folders, ignored = find_conversations(path)
     parts = [_read_conversation(f, template, int(min_votes), include_moderated, votes_from) for f in folders]
-    names = [p[0].name for p in parts]
-    if len(set(names)) != len(names):  # cannot happen for subfolders of one folder; kept as a guard
-        raise DataError("two conversations have the same folder name", path=path)
     options = {"min_votes": int(min_votes), "include_moderated": include_moderated, "votes_from": votes_from}
     report = PolisReport(tuple(p[0] for p in parts), options, tuple(str(p) for p in ignored))
     return PolisData(
@@ -355,13 +355,18 @@ def _read_conversation(
     prompts, agree_texts, disagree_texts = (
         np.asarray(t, dtype=object) for t in template.render(comments.texts, comments.ids, **context)
     )
-    same = (agree_texts == disagree_texts) & ~empty_statement
-    if same.any():
-        row = int(np.argmax(same))
-        raise ValueError(
-            f"{folder / COMMENTS}:{comments.lines[row]}: the agree and disagree templates give the same text "
-            f"{agree_texts[row]!r} for comment-id {comments.ids[row]}"
-        )
+    blank = pd.Series(agree_texts).str.strip().eq("") | pd.Series(disagree_texts).str.strip().eq("")
+    for bad, what in (
+        ((agree_texts == disagree_texts), "the agree and disagree templates give the same text"),
+        (blank.to_numpy(dtype=bool), "a response template gives an empty text"),
+    ):
+        bad = bad & ~empty_statement
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(
+                f"{folder / COMMENTS}:{comments.lines[row]}: {what} ({agree_texts[row]!r} / "
+                f"{disagree_texts[row]!r}) for comment-id {comments.ids[row]}"
+            )
     s, agreed = statement[keep], vote[keep] == 1
     user_ids = np.char.add(f"{name}/", final.participants.astype(str)).astype(object)
     rows = pd.DataFrame(
