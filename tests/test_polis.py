@@ -325,7 +325,7 @@ def test_last_vote_wins_on_a_fixture(tmp_path):
     assert auto.rows["vote"].tolist() == matrix.rows["vote"].tolist()
 
 
-def test_a_folder_of_conversations(tmp_path):
+def test_a_folder_of_conversations(tmp_path, monkeypatch):
     export(tmp_path / "b-second")
     export(tmp_path / "a-first", votes=False)
     (tmp_path / "notes").mkdir()  # no export file: ignored, and listed as such
@@ -339,6 +339,8 @@ def test_a_folder_of_conversations(tmp_path):
     assert data.report.totals()["rows"] == 10
     assert data.attribution()["links"] == ["https://pol.is/example"]  # not an openData name: its pol.is URL
     assert find_conversations(tmp_path / "a-first") == ([tmp_path / "a-first"], [])
+    monkeypatch.chdir(tmp_path / "a-first")  # "." is named after the folder it is
+    assert read_polis(".").rows["user_id"].str.startswith("a-first/").all()
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ __all__ = [
     "ATTRIBUTION",
     "CASE_STUDIES",
     "ENCODINGS",
+    "LICENSE",
+    "LICENSE_URL",
     "ConversationReport",
     "PolisData",
     "PolisReport",
@@ -314,7 +316,7 @@ def write_polis(data: PolisData, out: str | Path) -> dict[str, Path]:
 def _read_conversation(
     folder: Path, template: RowTemplate, min_votes: int, include_moderated: bool, votes_from: str
 ) -> tuple[ConversationReport, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    name = folder.name
+    name = folder.resolve().name  # "." names the folder it is
     for required in (COMMENTS, SUMMARY):
         if not (folder / required).is_file():
             raise DataError("no such file (a Polis export folder needs it)", path=folder / required)

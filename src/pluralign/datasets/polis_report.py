@@ -1,6 +1,6 @@
 """What reading Polis conversations gave and skipped (the report), and the CC BY 4.0 attribution.
 
-Part of :mod:`pluralign.datasets.polis`, which re-exports everything here.
+Part of :mod:`pluralign.datasets.polis`, which re-exports the report classes and the attribution constants.
 """
 
 from __future__ import annotations
