@@ -540,7 +540,7 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
         "checkpoint_seconds": options["checkpoint_seconds"],
     }
     if options.get("encoder_trainable"):
-        from pluralign.estimator_large import PALALarge, PALBLarge
+        from pluralign.estimator import PALALarge, PALBLarge
 
         if kind is ModelKind.btl:
             raise PluralignError("--encoder-trainable is for pal-a and pal-b")

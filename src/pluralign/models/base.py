@@ -44,13 +44,14 @@ class PreferenceModel(nn.Module):
     #: short name used in checkpoints and the CLI
     kind: str = ""
 
-    def __init__(self, n_users: int, n_prototypes: int) -> None:
+    def __init__(self, n_users: int, n_prototypes: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if n_prototypes < 1:
             raise ValueError(f"n_prototypes must be >= 1, got {n_prototypes}")
         self.n_prototypes = n_prototypes
         # Small random logits, as the paper initializes user weights randomly (App. D.1).
-        self.user_logits = nn.Parameter(0.01 * torch.randn(n_users, n_prototypes))
+        # Parameters come from ``generator`` (seeded by the estimator), never from the global RNG.
+        self.user_logits = nn.Parameter(0.01 * torch.randn(n_users, n_prototypes, generator=generator))
 
     @property
     def n_users(self) -> int:
