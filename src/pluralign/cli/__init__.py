@@ -768,11 +768,12 @@ def grow(
 
     est = _load(run, encoder)
     named = None if users is None else [u.strip() for u in users.split(",") if u.strip()]
-    report = est.grow(
+    grown = est.grow(
         data, n_new, reference=reference, users=named, rule=DetectionRule(z=z, min_gap=min_gap), epochs=epochs
     )
+    report = grown.grow_report_
     target = out if out.name == "model" else out / "model"
-    est.save(target)
+    grown.save(target)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=float))
         return

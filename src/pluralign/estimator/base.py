@@ -67,6 +67,7 @@ class PALEstimator(BaseEstimator):
         "context_dim_",
         "history_",
         "zero_shot_weights_",
+        "grow_report_",
     )
     __init__ = make_init(TINY_PARAMS)
 
@@ -401,21 +402,23 @@ class PALEstimator(BaseEstimator):
         prompt, same two responses) are skipped. ``strategy``: "info-gain" (mutual information between the
         answer and w under a particle posterior), "variance" (expected posterior variance reduction),
         "uncertainty" (P(a) nearest 1/2 at the few-shot fit) or "random". ``options``: n_particles, lapse,
-        temperature, seed (see ``pluralign.training.active``). PAL-A and PAL-B only.
+        temperature, seed (see ``pluralign.estimator.onboarding``, ``pluralign.training.active``).
+        PAL-A and PAL-B only.
 
         Returns one row per user: index (position in ``candidates``), prompt, a, b, p_a (P(a preferred)),
         score, n_answers, n_candidates (candidates left).
         """
-        from pluralign.training.active import next_questions
+        from pluralign.estimator.onboarding import next_questions
 
         return next_questions(self, candidates, answers, users=users, strategy=strategy, **options)
 
-    def grow(self, data: DataLike, n_new: int = 1, **options: Any) -> Any:
-        """Add ``n_new`` prototypes for the new users of ``data`` that the current ones explain poorly,
-        keeping every existing parameter and user prediction exactly; all users of ``data`` are added.
-        ``options`` (``reference``, ``users``, ``rule``, ``epochs``, ...): see
-        ``pluralign.training.growth.grow_estimator``. Returns a ``GrowReport``."""
-        from pluralign.training.growth import grow_estimator
+    def grow(self, data: DataLike, n_new: int = 1, **options: Any) -> PALEstimator:
+        """A new estimator with ``n_new`` more prototypes, for the new users of ``data`` that the current
+        ones explain poorly, keeping every existing parameter and user prediction exactly; all users of
+        ``data`` are added. This estimator is not modified. The new one's ``grow_report_`` (a
+        ``GrowReport``) says what was flagged and measured. ``options`` (``reference``, ``users``, ``rule``,
+        ``epochs``, ...): see ``pluralign.estimator.growth.grow_estimator``."""
+        from pluralign.estimator.growth import grow_estimator
 
         return grow_estimator(self, data, n_new, **options)
 

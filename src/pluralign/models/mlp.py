@@ -83,7 +83,7 @@ class MLP(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim, self.config = in_dim, out_dim, config
         generator = torch.Generator() if generator is None else generator
         if in_dim == 0:
             # A map from an empty input can only be a constant; a zero-width Linear would not learn it.
