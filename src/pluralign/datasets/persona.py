@@ -40,11 +40,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pluralign import __version__
 from pluralign.atomic import atomic_write
 from pluralign.data.comparisons import PreferenceData
 from pluralign.encoders.base import Encoder
 from pluralign.errors import DataError
+from pluralign.version import __version__
 
 __all__ = [
     "ITEMS",

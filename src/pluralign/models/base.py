@@ -12,6 +12,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+#: log-weight of an (exactly) zero weight: softmax maps it to 0 in float32 next to any real logit
+MIN_LOG_WEIGHT = -27.0
+
+
+def weights_to_logits(weights: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax is ``weights`` (zeros map to a very negative finite logit)."""
+    return weights.clamp(min=1e-300).log().clamp(min=MIN_LOG_WEIGHT).float()
+
 
 class Batch(NamedTuple):
     user: torch.Tensor

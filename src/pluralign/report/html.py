@@ -550,7 +550,7 @@ def _metrics_row(run: MetricsRun) -> dict[str, Any]:
 
 def build_report(run_dir: str | Path) -> str:
     """The report page of a run directory as HTML text."""
-    from pluralign import __version__
+    from pluralign.version import __version__
 
     run_dir = Path(run_dir)
     if not run_dir.exists():
