@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pluralign.version import __version__
 from pluralign.atomic import atomic_write
 from pluralign.data.comparisons import PreferenceData
 from pluralign.datasets.persona_statements import StatementPool, check_persona_names
 from pluralign.datasets.persona_users import ITEMS, PersonaDataset, tag_split
 from pluralign.errors import DataError
+from pluralign.version import __version__
 
 # Rows per chunk when re-checking labels in read_persona (bounds the temporary gathers to ~100 MB).
 _CHECK_ROWS = 1 << 22
