@@ -7,6 +7,8 @@ batch touches and gather, so the cost scales with distinct texts, not comparison
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -19,6 +21,17 @@ MIN_LOG_WEIGHT = -27.0
 def weights_to_logits(weights: torch.Tensor) -> torch.Tensor:
     """Logits whose softmax is ``weights`` (zeros map to a very negative finite logit)."""
     return weights.clamp(min=1e-300).log().clamp(min=MIN_LOG_WEIGHT).float()
+
+
+@contextmanager
+def dropout_rng(seed: int) -> Iterator[None]:
+    """Seed the RNG that dropout draws from (torch's default CPU generator: ``nn.Dropout`` takes no
+    generator) for one training run, and give the process back its own RNG state afterwards, so training
+    is reproducible without reseeding the caller's process. Resumable checkpoints save and restore this
+    state inside the block. Not for concurrent use with other threads drawing from the default generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.set_state(torch.Generator().manual_seed(seed).get_state())
+        yield
 
 
 class Batch(NamedTuple):
