@@ -31,6 +31,7 @@ import pyarrow as pa
 from pluralign.atomic import atomic_write
 from pluralign.data.comparisons import COLUMNS, PreferenceData
 from pluralign.errors import DataError
+from pluralign.extras import require
 
 __all__ = ["ALIASES", "read_preferences", "write_preferences"]
 
@@ -378,7 +379,7 @@ def _raw_from_parquet(path: Path, where: str) -> _Raw:
 
 
 def _raw_from_hf_dir(path: Path, where: str) -> _Raw:
-    import datasets
+    datasets = require("datasets", "datasets")
 
     try:
         dataset = datasets.load_from_disk(str(path))
