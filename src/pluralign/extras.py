@@ -32,10 +32,8 @@ class MissingExtraError(PluralignError, ImportError):
     def __init__(self, extra: str, module: str) -> None:
         self.extra = extra
         self.module = module
-        what = EXTRAS.get(extra, f"this feature ({extra})")
-        super().__init__(
-            f"{what} needs the '{extra}' extra ({module} is not installed): pip install 'pluralign[{extra}]'"
-        )
+        what = EXTRAS.get(extra, f"the '{extra}' extra")
+        super().__init__(f"{module} is not installed (needed for {what}): pip install 'pluralign[{extra}]'")
 
 
 def require(extra: str, module: str) -> ModuleType:
