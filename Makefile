@@ -29,9 +29,10 @@ test: venv  ## the whole suite, slow tests included (pytest exit code 5, "no tes
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: venv
+lint: venv  ## ruff (incl. SLF001: no private names across modules), ruff format, the import-layer contract
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -543,7 +543,7 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
         "checkpoint_seconds": options["checkpoint_seconds"],
     }
     if options.get("encoder_trainable"):
-        from pluralign.estimator_large import PALALarge, PALBLarge
+        from pluralign.estimator import PALALarge, PALBLarge
 
         if kind is ModelKind.btl:
             raise PluralignError("--encoder-trainable is for pal-a and pal-b")
@@ -771,11 +771,12 @@ def grow(
 
     est = _load(run, encoder)
     named = None if users is None else [u.strip() for u in users.split(",") if u.strip()]
-    report = est.grow(
+    grown = est.grow(
         data, n_new, reference=reference, users=named, rule=DetectionRule(z=z, min_gap=min_gap), epochs=epochs
     )
+    report = grown.grow_report_
     target = out if out.name == "model" else out / "model"
-    est.save(target)
+    grown.save(target)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=float))
         return

@@ -259,7 +259,7 @@ class Service:
     ) -> tuple[int, float]:
         """Position of the next question in ``pool`` (rows prompt, a, b and their vectors) for a user with
         the stored ``answers`` (rows prompt, chosen, rejected), and its P(a); pluralign.training.active."""
-        from pluralign.training.active import next_questions
+        from pluralign.estimator.onboarding import next_questions
 
         def embedded(rows: list[tuple[str, str, str]], vec: dict[str, np.ndarray], names: tuple[str, ...]):
             n = len(rows)
