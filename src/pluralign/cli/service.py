@@ -53,9 +53,11 @@ def serve(
     """Serve the model over HTTP (FastAPI; OpenAPI docs at /docs): score, feedback, next-question, users."""
     setup(verbose)
     import torch
-    import uvicorn
 
+    from pluralign.extras import require
     from pluralign.serve import create_app
+
+    uvicorn = require("serve", "uvicorn")
 
     token = os.environ.get("PLURALIGN_TOKEN") or None
     if token_file is not None:

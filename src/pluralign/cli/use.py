@@ -187,11 +187,11 @@ def ask(
     setup(verbose)
     import pandas as pd
 
-    from pluralign.serve.app import read_questions
+    from pluralign.data.questions import read_questions
 
     if answers is None and not user:
         raise PluralignError("name the users to ask: --user U (repeat) or --answers FILE with their answers")
-    pool = pd.DataFrame([q.model_dump() for q in read_questions(questions)], columns=["prompt", "a", "b"])
+    pool = pd.DataFrame(read_questions(questions), columns=["prompt", "a", "b"])
     est = _load(run, encoder)
     chosen = est.next_questions(pool, answers, users=user or None, strategy=strategy, seed=seed)
     emit(chosen.reset_index().to_dict("records"), as_json, title=f"next question ({strategy})")

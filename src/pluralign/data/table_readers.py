@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from pluralign.data.raw import KNOWN_TYPES, Raw, resolve_columns, with_prompt
 from pluralign.errors import DataError
+from pluralign.extras import require
 
 
 def raw_from_parquet(path: Path, where: str) -> Raw:
@@ -30,7 +31,7 @@ def raw_from_parquet(path: Path, where: str) -> Raw:
 
 
 def raw_from_hf_dir(path: Path, where: str) -> Raw:
-    import datasets
+    datasets = require("datasets", "datasets")
 
     try:
         dataset = datasets.load_from_disk(str(path))
