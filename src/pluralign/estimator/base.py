@@ -282,8 +282,13 @@ class PALEstimator(BaseEstimator):
         """True where the model agrees that ``chosen`` is preferred."""
         return self.margins(data) > 0
 
-    def score(self, data: DataLike) -> float:
-        """Accuracy: share of rows where the chosen response gets the higher reward (ties count half)."""
+    def score(self, data: DataLike, y: None = None) -> float:
+        """Accuracy: share of rows where the chosen response gets the higher reward (ties count half).
+
+        ``y`` is only there for scikit-learn's scorers (``GridSearchCV``, ``Pipeline.score``) and must be
+        None: the labels are the rows themselves (which response was chosen)."""
+        if y is not None:
+            raise ValueError("score() takes no labels: the preference rows carry them (chosen vs rejected)")
         margin = self.margins(data)
         if len(margin) == 0:
             raise DataError("no comparisons to score")
