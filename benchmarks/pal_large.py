@@ -35,8 +35,7 @@ from pluralign.atomic import atomic_write_json
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.splits import split_per_user
 from pluralign.datasets.persona import build_persona
-from pluralign.estimator import PALB
-from pluralign.estimator_large import PALBLarge
+from pluralign.estimator import PALB, PALBLarge
 from pluralign.report.tables import rows_table
 
 console = Console(width=120)

@@ -126,7 +126,7 @@ LARGE_WORKER = textwrap.dedent(
     import pandas as pd
     import torch
     from safetensors.torch import save_file
-    from pluralign.estimator_large import PALBLarge
+    from pluralign.estimator import PALBLarge
     from pluralign.training.distributed import init_from_env, shutdown
 
     torch.set_num_threads(1)

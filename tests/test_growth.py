@@ -20,12 +20,13 @@ from pluralign.datasets.synthetic import make_synthetic
 from pluralign.encoders.precomputed import save_vectors
 from pluralign.errors import DataError, PluralignError
 from pluralign.estimator import BTL, PALA, PALB, PALEstimator
+from pluralign.estimator.growth import detect
 from pluralign.models.base import Batch, Tables
 from pluralign.models.grown import GrownPALAModel, GrownPALBModel, block_weights
 from pluralign.models.pal_a import PALAModel
 from pluralign.models.pal_b import PALBModel
 from pluralign.training.adaptation import MIN_LOG_WEIGHT
-from pluralign.training.growth import NothingToGrow, add_prototypes, detect
+from pluralign.training.growth import NothingToGrow, add_prototypes
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,11 @@ def planted():
 
 @pytest.fixture(scope="module")
 def grown(planted):
-    est = planted["est"].copy()
-    report = est.grow(planted["data"].unseen, 1, reference=planted["seen_test"])
-    return est, report
+    original = planted["est"].copy()
+    est = original.grow(planted["data"].unseen, 1, reference=planted["seen_test"])
+    # grow returns a new estimator and leaves the one it grew from as it was
+    assert original.n_prototypes == 2 and len(original.users_) == len(planted["est"].users_)
+    return est, est.grow_report_
 
 
 def test_detection_flags_exactly_the_users_of_the_hidden_prototype(planted):
@@ -221,7 +224,8 @@ def test_pal_a_grows_on_named_users(planted):
     seen = data.test.subset(group[data.test.user] < 2)
     before = est.margins(seen)
     hidden = list(data.unseen.user_ids[data.unseen_weights.argmax(1) == 2].astype(str))
-    report = est.grow(data.unseen, 2, users=hidden, epochs=30)
+    est = est.grow(data.unseen, 2, users=hidden, epochs=30)
+    report = est.grow_report_
     assert isinstance(est.model_, GrownPALAModel) and est.n_prototypes == 4
     assert set(report.flagged) == set(hidden)
     assert report.population is None and report.notes
@@ -294,7 +298,7 @@ def test_grow_benchmark_at_toy_size(tmp_path):
 
 
 def test_default_grow_epochs_give_at_least_one_training_epoch_of_steps(planted, tmp_path):
-    from pluralign.training.growth import _grow_epochs
+    from pluralign.estimator.growth import grow_epochs as _grow_epochs
 
     est = planted["est"]
     n_train = int((planted["data"].true_weights.argmax(1)[planted["data"].train.user] < 2).sum())

@@ -28,8 +28,7 @@ from pluralign.encoders import (
 )
 from pluralign.encoders.tokens import prefix_features
 from pluralign.errors import CheckpointError, DataError, PluralignError
-from pluralign.estimator import PALA, PALB, PALEstimator
-from pluralign.estimator_large import PALALarge, PALBLarge
+from pluralign.estimator import PALA, PALB, PALALarge, PALBLarge, PALEstimator
 from pluralign.models.base import Batch
 from pluralign.models.encoder import TextTower
 from pluralign.models.pal_b import PALBModel

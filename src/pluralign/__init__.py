@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["BTL", "PALA", "PALB", "PALEstimator", "PreferenceData", "read_preferences"]
+from pluralign.version import __version__
+
+__all__ = ["BTL", "PALA", "PALB", "PALEstimator", "PreferenceData", "__version__", "read_preferences"]
 
 if TYPE_CHECKING:
     from pluralign.data import PreferenceData, read_preferences

@@ -10,12 +10,16 @@ HTTP errors raise a ``RemoteError`` subclass carrying the server's status, error
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from pluralign.errors import PluralignError
+from pluralign.extras import require
+
+if TYPE_CHECKING:
+    import httpx
+else:  # a missing extra is one line naming the pip command
+    httpx = require("serve", "httpx")
 
 
 class RemoteError(PluralignError):

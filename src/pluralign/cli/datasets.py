@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
-from pluralign.cli.common import JsonOut, Verbose, command, console, emit, setup
+from pluralign.cli.common import JsonOut, Verbose, app, command, console, emit, setup
 from pluralign.report.tables import rows_table
 
 datasets_app = typer.Typer(help="Public datasets as preference rows (Polis).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 
 
 class Encoding(StrEnum):

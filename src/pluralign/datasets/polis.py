@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pluralign import __version__
 from pluralign.atomic import atomic_write_json, atomic_write_text
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.readers import write_preferences
@@ -80,6 +79,7 @@ from pluralign.datasets.polis_report import (
     PolisReport,
 )
 from pluralign.errors import DataError
+from pluralign.version import __version__
 
 __all__ = [
     "ATTRIBUTION",

@@ -16,23 +16,43 @@ the cost of touching only the rows read; shards written before row checksums exi
 ``verify`` and gain row checksums when compaction rewrites them.
 Concurrent writers are safe: each writes new shards; a text encoded by two of them is stored twice, which
 is harmless (the first copy wins on load).
+
+This module holds the cache object (metadata, key index, lookups, writes, compaction, clean-up of
+leftovers); keys and checksums are in :mod:`pluralign.encoders.cache_keys`, the shard files in
+:mod:`pluralign.encoders.cache_shards` and :func:`embed_texts` in :mod:`pluralign.encoders.cache_embed`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from tokenize import TokenError
 
 import numpy as np
 
 from pluralign.atomic import HOST, atomic_write
-from pluralign.encoders.base import Encoder
+from pluralign.encoders.cache_embed import embed_texts as embed_texts  # re-exported
+from pluralign.encoders.cache_keys import (
+    KEY_DTYPE,
+    VEC_DTYPE,
+    key_prefix,
+    row_sums,
+    shard_checksum,
+    text_keys,
+)
+from pluralign.encoders.cache_shards import RECORD_DTYPE as RECORD_DTYPE  # re-exported
+from pluralign.encoders.cache_shards import (
+    Shard,
+    ShardVanished,
+    fsync_dir,
+    load_shard,
+    read_keys,
+    read_npy,
+    write_shard,
+)
 from pluralign.errors import PluralignError
 
 logger = logging.getLogger(__name__)
@@ -40,43 +60,9 @@ logger = logging.getLogger(__name__)
 FORMAT = "pluralign-embedding-cache"
 VERSION = 1
 META = "meta.json"
-KEY_DTYPE = np.dtype("S32")
-RECORD_DTYPE = np.dtype([("key", "S32"), ("sum", "<u8")])
-VEC_DTYPE = np.dtype("<f4")
 # Leftovers of another live writer must survive; anything this old is from a crash.
 STALE_SECONDS = 3600.0
 # Temp names carry host and pid so that leftovers of dead local writers can go at once ("-" separates).
-
-
-def text_keys(encoder_id: str, texts: Sequence[str]) -> np.ndarray:
-    """sha256(encoder_id + "\\0" + text) of each text, as an S32 array."""
-    base = hashlib.sha256(encoder_id.encode("utf-8") + b"\0")
-
-    def digest(text: str) -> bytes:
-        h = base.copy()
-        # surrogatepass: lone surrogates (possible in JSON input) must hash, not crash.
-        h.update(text.encode("utf-8", "surrogatepass"))
-        return h.digest()
-
-    return np.frombuffer(b"".join(map(digest, texts)), dtype=KEY_DTYPE).copy()
-
-
-class _Vanished(PluralignError):
-    """A shard deleted by a concurrent compaction while it was being loaded."""
-
-
-class _Shard:
-    __slots__ = ("keys_path", "n", "name", "sums", "vectors", "vectors_path")
-
-    def __init__(
-        self, name: str, keys_path: Path, vectors_path: Path, vectors: np.ndarray, sums: np.ndarray | None
-    ) -> None:
-        self.name = name
-        self.keys_path = keys_path
-        self.vectors_path = vectors_path
-        self.vectors = vectors
-        self.sums = sums  # uint64 row checksums; None for shards written before they existed
-        self.n = len(vectors)
 
 
 class EmbeddingCache:
@@ -159,21 +145,21 @@ class EmbeddingCache:
     def _write_meta(self) -> None:
         text = json.dumps(self._meta(), indent=1) + "\n"
         atomic_write(self.directory / META, lambda f: f.write(text.encode("utf-8")))
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     # --- loading ---------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Reload the shard list (e.g. to see shards that other processes wrote since this one loaded)."""
         self._clean_leftovers()
         for attempt in range(5):
-            shards: list[_Shard] = []
+            shards: list[Shard] = []
             key_parts: list[np.ndarray] = []
             try:
                 for keys_path in sorted(self.directory.glob("shard-*.keys.npy")):
-                    shard, keys = self._load_shard(keys_path)
+                    shard, keys = load_shard(keys_path, self._dim)
                     shards.append(shard)
                     key_parts.append(keys)
-            except _Vanished:
+            except ShardVanished:
                 # Another process merged shards while we listed them: its merged shard may be unlisted.
                 if attempt == 4:
                     raise
@@ -181,30 +167,6 @@ class EmbeddingCache:
             break
         self._shards = shards
         self._set_index(key_parts)
-
-    def _load_shard(self, keys_path: Path) -> tuple[_Shard, np.ndarray]:
-        name = keys_path.name.removesuffix(".keys.npy")
-        vectors_path = keys_path.with_name(f"{name}.vectors.npy")
-        hint = f"delete {keys_path.name} and {vectors_path.name} (their texts will be encoded again)"
-        if not keys_path.exists():
-            raise _Vanished(str(keys_path))
-        if not vectors_path.exists():
-            if not keys_path.exists():
-                raise _Vanished(str(keys_path))
-            raise PluralignError(
-                f"embedding cache shard {keys_path} has no vectors file {vectors_path}; {hint}"
-            )
-        keys, sums = _read_keys(keys_path, hint)
-        vectors = _read_npy(vectors_path, VEC_DTYPE, 2, hint, mmap=True)
-        if vectors.shape != (len(keys), self._dim):
-            raise PluralignError(
-                f"embedding cache shard {vectors_path} has shape {vectors.shape}, expected "
-                f"({len(keys)}, {self._dim}); {hint}"
-            )
-        # Written sorted and distinct: anything else means the keys were damaged.
-        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
-            raise PluralignError(f"embedding cache shard {keys_path} has unsorted or repeated keys; {hint}")
-        return _Shard(name, keys_path, vectors_path, vectors, sums), keys
 
     def _set_index(self, key_parts: list[np.ndarray]) -> None:
         """Index all keys: sorted bytes for exact matching, their first 8 bytes as uint64 to search fast."""
@@ -225,7 +187,7 @@ class EmbeddingCache:
             if not first.all():
                 keys, shard, row = keys[first], shard[first], row[first]
         self._keys = keys
-        self._prefix = _prefix(keys)
+        self._prefix = key_prefix(keys)
         self._loc_shard = shard
         self._loc_row = row
 
@@ -261,7 +223,7 @@ class EmbeddingCache:
         n = len(self._keys)
         if n == 0 or len(keys) == 0:
             return np.full(len(keys), -1, dtype=np.int64)
-        prefix = _prefix(keys)
+        prefix = key_prefix(keys)
         pos = np.searchsorted(self._prefix, prefix, side="left")
         inside = pos < n
         pos_c = np.minimum(pos, n - 1)
@@ -311,7 +273,7 @@ class EmbeddingCache:
             if sums is None:
                 continue
             mine = np.flatnonzero(shard == s)
-            if (_row_sums(keys[mine], vectors[mine]) != sums[row[mine]]).any():
+            if (row_sums(keys[mine], vectors[mine]) != sums[row[mine]]).any():
                 bad = self._shards[s]
                 raise PluralignError(
                     f"embedding cache shard {bad.vectors_path} does not match its row checksums (damaged "
@@ -348,9 +310,9 @@ class EmbeddingCache:
         name = self._write_shard(keys, vectors[rows])
         if name not in {s.name for s in self._shards}:
             vectors_path = self.directory / f"{name}.vectors.npy"
-            mapped = _read_npy(vectors_path, VEC_DTYPE, 2, "", mmap=True)
-            sums = _row_sums(keys, vectors[rows])
-            self._shards.append(_Shard(name, self.directory / f"{name}.keys.npy", vectors_path, mapped, sums))
+            mapped = read_npy(vectors_path, VEC_DTYPE, 2, "", mmap=True)
+            sums = row_sums(keys, vectors[rows])
+            self._shards.append(Shard(name, self.directory / f"{name}.keys.npy", vectors_path, mapped, sums))
             self._merge_index(keys, len(self._shards) - 1)
         if len(self._shards) > self.max_shards:
             by_size = sorted(self._shards, key=lambda s: s.n)
@@ -359,23 +321,13 @@ class EmbeddingCache:
 
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> str:
         """Write sorted distinct keys and their vectors as a shard, vectors first; returns its name."""
-        name = f"shard-{_checksum(keys, vectors)}"
-        keys_path = self.directory / f"{name}.keys.npy"
-        vectors_path = self.directory / f"{name}.vectors.npy"
-        atomic_write(vectors_path, lambda f: np.lib.format.write_array(f, vectors, allow_pickle=False))
-        # The vectors' rename must be durable before the keys' rename can commit the shard.
-        _fsync_dir(self.directory)
-        records = np.empty(len(keys), dtype=RECORD_DTYPE)
-        records["key"], records["sum"] = keys, _row_sums(keys, vectors)
-        atomic_write(keys_path, lambda f: np.lib.format.write_array(f, records, allow_pickle=False))
-        _fsync_dir(self.directory)
-        return name
+        return write_shard(self.directory, keys, vectors)
 
     def _merge_index(self, keys: np.ndarray, shard: int) -> None:
         """Insert a new shard's keys (sorted, none present yet) into the sorted index without re-sorting."""
         at = np.searchsorted(self._keys, keys)
         self._keys = np.insert(self._keys, at, keys)
-        self._prefix = np.insert(self._prefix, at, _prefix(keys))
+        self._prefix = np.insert(self._prefix, at, key_prefix(keys))
         self._loc_shard = np.insert(self._loc_shard, at, np.int32(shard))
         self._loc_row = np.insert(self._loc_row, at, np.arange(len(keys), dtype=np.int64))
 
@@ -383,7 +335,7 @@ class EmbeddingCache:
         """Merge all shards into one (crash-safe: the merged shard is written before the old ones go)."""
         self._merge(list(self._shards))
 
-    def _merge(self, shards: list[_Shard]) -> None:
+    def _merge(self, shards: list[Shard]) -> None:
         if len(shards) < 2:
             return
         chosen = {id(s) for s in shards}
@@ -410,7 +362,7 @@ class EmbeddingCache:
                 s.vectors_path.unlink(missing_ok=True)
             except OSError as exc:  # e.g. still mapped on Windows: a duplicate shard is harmless
                 logger.warning("could not remove merged shard %s: %s", s.keys_path, exc)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self.refresh()
         logger.info("merged %d shards of %s into one (%d texts)", len(shards), self.directory, len(keys))
 
@@ -418,195 +370,17 @@ class EmbeddingCache:
         """Re-read every shard, check it against the checksum in its name and its row checksums."""
         self._verify(self._shards)
 
-    def _verify(self, shards: list[_Shard]) -> None:
+    def _verify(self, shards: list[Shard]) -> None:
         for s in shards:
-            keys, sums = _read_keys(s.keys_path, "")
+            keys, sums = read_keys(s.keys_path, "")
             vectors = np.asarray(s.vectors)
-            if s.name != f"shard-{_checksum(keys, vectors)}" or (
-                sums is not None and (_row_sums(keys, vectors) != sums).any()
+            if s.name != f"shard-{shard_checksum(keys, vectors)}" or (
+                sums is not None and (row_sums(keys, vectors) != sums).any()
             ):
                 raise PluralignError(
                     f"embedding cache shard {s.vectors_path} does not match its checksum (damaged file); "
                     f"delete {s.vectors_path.name} and {s.keys_path.name} (their texts will be encoded again)"
                 )
-
-
-def embed_texts(
-    texts: Sequence[str],
-    encoder: Encoder,
-    cache: EmbeddingCache | None = None,
-    batch_size: int = 64,
-    show_progress: bool = False,
-    *,
-    flush_every: int = 4096,
-) -> np.ndarray:
-    """Vectors (float32 [len(texts), dim], input order) of texts, encoding each distinct text at most once.
-
-    Cached texts are read from ``cache``; the rest are encoded longest first (less padding) in chunks of
-    ``flush_every`` texts, and each chunk is stored as soon as it is done, so an interrupted run keeps its
-    work. Encoders with ``cacheable = False`` bypass the cache.
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    texts = texts if isinstance(texts, list) else list(texts)
-    codes, uniques = pd.factorize(np.asarray(texts, dtype=object), use_na_sentinel=False)
-    uniques = list(uniques)
-    for text in uniques:
-        if not isinstance(text, str):
-            raise PluralignError(f"can only embed strings, got {type(text).__name__} {text!r}")
-    if cache is not None and not getattr(encoder, "cacheable", True):
-        cache = None
-    if cache is not None and cache.encoder_id != encoder.id:
-        raise PluralignError(
-            f"the embedding cache {cache.directory} belongs to encoder {cache.encoder_id!r}, not "
-            f"{encoder.id!r}"
-        )
-
-    if cache is not None:
-        keys = text_keys(cache.encoder_id, uniques)
-        cached, hit = cache.get_keys(keys)
-    else:
-        keys = None
-        cached, hit = None, np.zeros(len(uniques), dtype=bool)
-    missing = np.flatnonzero(~hit)
-    if cached is not None and len(cached):
-        dim = cached.shape[1]
-    elif cache is not None and cache.dim is not None:
-        dim = cache.dim
-    else:
-        dim = encoder.dim
-    out = np.empty((len(uniques), dim), dtype=np.float32)
-    if cached is not None and len(cached):
-        out[hit] = cached
-
-    if len(missing):
-        # Longest first: batches of similar length waste less padding, and memory peaks show up early.
-        lengths = np.fromiter((len(uniques[i]) for i in missing), dtype=np.int64, count=len(missing))
-        missing = missing[np.argsort(-lengths, kind="stable")]
-        step = max(int(flush_every), 1)
-        # delay: lookups that finish within a second (cache hits, precomputed vectors) show no bar
-        with tqdm(
-            total=len(missing), desc="embedding", unit="text", disable=not show_progress, delay=1.0
-        ) as bar:
-            for start in range(0, len(missing), step):
-                part = missing[start : start + step]
-                vectors = encoder.encode([uniques[i] for i in part], batch_size=batch_size)
-                vectors = np.asarray(vectors, dtype=np.float32)
-                if vectors.shape != (len(part), dim):
-                    source = "its cache" if cache is not None and cache.dim is not None else "encoder.dim"
-                    raise PluralignError(
-                        f"encoder {encoder.id!r} returned shape {vectors.shape} for {len(part)} texts, "
-                        f"expected ({len(part)}, {dim}) (dimension from {source})"
-                    )
-                out[part] = vectors
-                if cache is not None:
-                    cache.put_many([uniques[i] for i in part], vectors)
-                bar.update(len(part))
-    if cache is not None:
-        logger.info("embedded %d new texts, %d from cache", len(missing), int(hit.sum()))
-    elif len(missing):
-        logger.info("embedded %d texts (no cache)", len(missing))
-    return out[codes]
-
-
-# --- files -----------------------------------------------------------------------------------------------
-def _checksum(keys: np.ndarray, vectors: np.ndarray) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(keys).tobytes())
-    digest.update(np.ascontiguousarray(vectors).tobytes())
-    return digest.hexdigest()[:24]
-
-
-def _multipliers(n: int) -> np.ndarray:
-    """n fixed odd 64-bit numbers (splitmix64 of 1..n), the weights of the row checksum."""
-    z = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return (z ^ (z >> np.uint64(31))) | np.uint64(1)
-
-
-def _row_sums(keys: np.ndarray, vectors: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
-    """Checksum of each (key, vector) row: its 32-bit words times fixed odd weights, summed mod 2**64.
-
-    Any change confined to one word (every single-bit or single-byte error) changes the sum, since an odd
-    weight times a nonzero difference below 2**32 is never 0 mod 2**64; wider damage goes unseen with
-    probability about 2**-64. Vectorized, in chunks of rows to bound the uint64 temporaries.
-    """
-    n = len(keys)
-    key_words = np.ascontiguousarray(keys, dtype=KEY_DTYPE).view("<u4").reshape(n, 8)
-    vec_words = np.ascontiguousarray(vectors, dtype=VEC_DTYPE).view("<u4").reshape(n, -1)
-    weights = _multipliers(8 + vec_words.shape[1])
-    out = np.empty(n, dtype=np.uint64)
-    for start in range(0, n, chunk):
-        part = slice(start, start + chunk)
-        words = np.concatenate([key_words[part], vec_words[part]], axis=1).astype(np.uint64)
-        out[part] = words @ weights  # integer matmul wraps mod 2**64, as intended
-    return out
-
-
-def _read_keys(path: Path, hint: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A shard's keys (S32) and row checksums (None for shards written before row checksums)."""
-    records = _read_npy(path, (RECORD_DTYPE, KEY_DTYPE), 1, hint, mmap=False)
-    if records.dtype == KEY_DTYPE:
-        return records, None
-    return np.ascontiguousarray(records["key"]), np.ascontiguousarray(records["sum"])
-
-
-def _prefix(keys: np.ndarray) -> np.ndarray:
-    """First 8 bytes of each key as big-endian uint64: same order as the bytes, but compared natively."""
-    raw = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), 32)[:, :8]
-    return np.ascontiguousarray(raw).view(">u8").reshape(len(keys)).astype(np.uint64)
-
-
-def _read_npy(
-    path: Path, dtype: np.dtype | tuple[np.dtype, ...], ndim: int, hint: str, *, mmap: bool
-) -> np.ndarray:
-    """An array from a .npy file after checking its header, dtype (one of ``dtype``), rank and exact size
-    (never unpickles)."""
-    allowed = dtype if isinstance(dtype, tuple) else (dtype,)
-    hint = f"; {hint}" if hint else f"; delete {path.name}"
-    try:
-        with path.open("rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, file_dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, file_dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy version {version}")
-            offset = f.tell()
-            size = os.fstat(f.fileno()).st_size
-            if file_dtype not in allowed or len(shape) != ndim or fortran:
-                raise ValueError(
-                    f"dtype {file_dtype}, shape {shape}; expected {allowed[0]} with {ndim} dimension(s)"
-                )
-            dtype = file_dtype
-            expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if size != expected:
-                raise ValueError(f"{size} bytes, expected {expected} (truncated or damaged)")
-            if mmap:
-                if not np.prod(shape):
-                    return np.zeros(shape, dtype=dtype)
-                # Mapping the open file (not the path) cannot race with a concurrent deletion.
-                return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
-            return np.fromfile(f, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-    # A damaged header reaches numpy's literal parser: SyntaxError, TokenError, TypeError, RecursionError.
-    except (OSError, ValueError, TypeError, SyntaxError, TokenError, RecursionError) as exc:
-        raise PluralignError(f"embedding cache file {path} is damaged: {exc!r}{hint}") from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make renames durable (POSIX); directories cannot be opened this way on Windows."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _age(path: Path, now: float) -> float:

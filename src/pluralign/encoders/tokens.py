@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from pluralign.atomic import atomic_write
 from pluralign.encoders.base import Encoder
+from pluralign.encoders.tokenized import TokenTable, inspect_model_dir
 from pluralign.errors import PluralignError
-from pluralign.models.encoder import TokenTable, inspect_model_dir
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,31 @@ batch touches and gather, so the cost scales with distinct texts, not comparison
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 from torch import nn
+
+#: log-weight of an (exactly) zero weight: softmax maps it to 0 in float32 next to any real logit
+MIN_LOG_WEIGHT = -27.0
+
+
+def weights_to_logits(weights: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax is ``weights`` (zeros map to a very negative finite logit)."""
+    return weights.clamp(min=1e-300).log().clamp(min=MIN_LOG_WEIGHT).float()
+
+
+@contextmanager
+def dropout_rng(seed: int) -> Iterator[None]:
+    """Seed the RNG that dropout draws from (torch's default CPU generator: ``nn.Dropout`` takes no
+    generator) for one training run, and give the process back its own RNG state afterwards, so training
+    is reproducible without reseeding the caller's process. Resumable checkpoints save and restore this
+    state inside the block. Not for concurrent use with other threads drawing from the default generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.set_state(torch.Generator().manual_seed(seed).get_state())
+        yield
 
 
 class Batch(NamedTuple):
@@ -44,13 +65,14 @@ class PreferenceModel(nn.Module):
     #: short name used in checkpoints and the CLI
     kind: str = ""
 
-    def __init__(self, n_users: int, n_prototypes: int) -> None:
+    def __init__(self, n_users: int, n_prototypes: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if n_prototypes < 1:
             raise ValueError(f"n_prototypes must be >= 1, got {n_prototypes}")
         self.n_prototypes = n_prototypes
         # Small random logits, as the paper initializes user weights randomly (App. D.1).
-        self.user_logits = nn.Parameter(0.01 * torch.randn(n_users, n_prototypes))
+        # Parameters come from ``generator`` (seeded by the estimator), never from the global RNG.
+        self.user_logits = nn.Parameter(0.01 * torch.randn(n_users, n_prototypes, generator=generator))
 
     @property
     def n_users(self) -> int:

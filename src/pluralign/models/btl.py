@@ -16,11 +16,17 @@ class BTLModel(PreferenceModel):
     kind = "btl"
 
     def __init__(
-        self, n_users: int, item_dim: int, context_dim: int, f_config: MLPConfig = MLPConfig()
+        self,
+        n_users: int,
+        item_dim: int,
+        context_dim: int,
+        f_config: MLPConfig = MLPConfig(),
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(n_users, 1)
+        generator = torch.Generator() if generator is None else generator
+        super().__init__(n_users, 1, generator)
         self.user_logits.requires_grad_(False)  # one prototype: every weight is 1
-        self.f = MLP(item_dim + context_dim, 1, f_config)
+        self.f = MLP(item_dim + context_dim, 1, f_config, generator)
 
     def _margins(
         self, weights: torch.Tensor, user_pos: torch.Tensor, batch: Batch, tables: Tables

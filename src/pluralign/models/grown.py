@@ -23,10 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pluralign.models.base import Batch, PreferenceModel, Tables, joint_pairs, unique_inverse
+from pluralign.models.base import MIN_LOG_WEIGHT, Batch, PreferenceModel, Tables, joint_pairs, unique_inverse
 from pluralign.models.pal_a import PALAModel
 from pluralign.models.pal_b import PALBModel
-from pluralign.training.adaptation import MIN_LOG_WEIGHT
 
 
 def block_weights(logits: torch.Tensor, blocks: tuple[int, ...]) -> list[torch.Tensor]:

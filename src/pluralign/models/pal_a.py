@@ -26,12 +26,16 @@ class PALAModel(PreferenceModel):
         context_dim: int,
         dim: int = 16,
         f_config: MLPConfig = MLPConfig(),
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(n_users, n_prototypes)
+        generator = torch.Generator() if generator is None else generator
+        super().__init__(n_users, n_prototypes, generator)
         joint_dim = item_dim + context_dim
-        self.f = MLP(joint_dim, dim, f_config)
+        self.f = MLP(joint_dim, dim, f_config, generator)
         # Prototypes live where the inputs live; scaled like unit-norm embeddings.
-        self.prototypes = nn.Parameter(torch.randn(n_prototypes, joint_dim) / joint_dim**0.5)
+        self.prototypes = nn.Parameter(
+            torch.randn(n_prototypes, joint_dim, generator=generator) / joint_dim**0.5
+        )
 
     def _margins(
         self, weights: torch.Tensor, user_pos: torch.Tensor, batch: Batch, tables: Tables

@@ -35,10 +35,12 @@ class PALBModel(PreferenceModel):
         f_config: MLPConfig = MLPConfig(),
         g_config: MLPConfig = MLPConfig(),
         init_scale: float = 10.0,
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(n_users, n_prototypes)
-        self.f = MLP(item_dim, dim, f_config)
-        self.g = nn.ModuleList(MLP(context_dim, dim, g_config) for _ in range(n_prototypes))
+        generator = torch.Generator() if generator is None else generator
+        super().__init__(n_users, n_prototypes, generator)
+        self.f = MLP(item_dim, dim, f_config, generator)
+        self.g = nn.ModuleList(MLP(context_dim, dim, g_config, generator) for _ in range(n_prototypes))
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
 
     @property

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
 from pluralign.atomic import atomic_write
+from pluralign.extras import require
 
+matplotlib = require("report", "matplotlib")  # a missing extra is one line naming the pip command
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: longest prompt or response accepted, in characters
-MAX_TEXT_CHARS = 10_000
+from pluralign.data.questions import MAX_TEXT_CHARS  # longest prompt or response (as in a --questions pool)
+
 #: most responses in one score request
 MAX_RESPONSES = 64
 #: most comparisons in one feedback request
@@ -18,6 +18,8 @@ MAX_CANDIDATES = 1024
 MAX_USER_ID_CHARS = 256
 #: largest request body, in bytes (larger bodies get 413)
 MAX_BODY_BYTES = 1 << 20
+#: a user's stored comparisons are all re-fitted on each feedback; past this many, feedback is refused (409)
+MAX_USER_COMPARISONS = 10_000
 
 UserId = Annotated[
     str,

@@ -14,12 +14,13 @@ refused instead of corrupting the per-user serialization.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,8 +105,18 @@ class StateStore:
             raise
 
     # --- plumbing ---------------------------------------------------------------------------------------
-    def _transaction(self):
-        return _Transaction(self)
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``with store.transaction() as db``: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), under the
+        store's lock, so the statements inside are one atomic write."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         db = getattr(self, "_db", None)
@@ -134,7 +145,7 @@ class StateStore:
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # --- reads ------------------------------------------------------------------------------------------
@@ -191,7 +202,7 @@ class StateStore:
         count after the insert (the caller holds the user's lock), else nothing is written.
         """
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.executemany(
                 "INSERT INTO comparisons (user_id, prompt, chosen, rejected, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -221,7 +232,7 @@ class StateStore:
     def set_weights(self, weights: dict[str, Sequence[float]]) -> None:
         """Replace several users' weights (after a re-fit for a new model), in one transaction."""
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.executemany(
                 "UPDATE users SET weights = ?, updated_at = ? WHERE user_id = ?",
                 [(json.dumps([float(x) for x in w]), now, u) for u, w in weights.items()],
@@ -232,7 +243,7 @@ class StateStore:
 
         Returns how many comparisons were deleted.
         """
-        with self._transaction() as db:
+        with self.transaction() as db:
             deleted = db.execute("DELETE FROM comparisons WHERE user_id = ?", (user_id,)).rowcount
             db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
             if tombstone:
@@ -240,28 +251,6 @@ class StateStore:
                     "INSERT OR REPLACE INTO erased (user_id, erased_at) VALUES (?, ?)", (user_id, time.time())
                 )
         return deleted
-
-
-class _Transaction:
-    """``with store._transaction() as db``: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), under the lock."""
-
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.store._lock.acquire()
-        try:
-            self.store._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self.store._lock.release()
-            raise
-        return self.store._db
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        try:
-            self.store._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-        finally:
-            self.store._lock.release()
 
 
 def _user(row: tuple) -> StoredUser:

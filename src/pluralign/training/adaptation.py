@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from pluralign.models.base import Batch, PreferenceModel, Tables
+from pluralign.models.base import MIN_LOG_WEIGHT, Batch, PreferenceModel, Tables, weights_to_logits
 from pluralign.models.pal_b import PALBModel
 from pluralign.training.losses import get_loss, response_loss
 from pluralign.training.simplex import fit_simplex_weights
 
-#: floor for log(w) when an exact solution puts a weight at zero; softmax gives back ~1e-12
-MIN_LOG_WEIGHT = -27.0
+__all__ = ["MIN_LOG_WEIGHT", "fit_user_weights", "weights_to_logits", "zero_shot_weights"]
 
 
 def zero_shot_weights(model: PreferenceModel, seen_users: int | None = None) -> torch.Tensor:
@@ -104,8 +103,3 @@ def _gradient_fit(
         for p in frozen:
             p.requires_grad_(True)
     return torch.softmax(logits.detach(), -1).double()
-
-
-def weights_to_logits(weights: torch.Tensor) -> torch.Tensor:
-    """Logits whose softmax is ``weights`` (zeros map to a very negative finite logit)."""
-    return weights.clamp(min=1e-300).log().clamp(min=MIN_LOG_WEIGHT).float()

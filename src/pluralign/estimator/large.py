@@ -18,10 +18,9 @@ config and tokenizer files (no pickles), whose sha256 config.json records and ``
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 
@@ -31,81 +30,23 @@ from pluralign.data.readers import read_preferences
 from pluralign.encoders import EmbeddingCache, SentenceTransformerEncoder
 from pluralign.encoders.spec import VECTOR_SUFFIXES, encoder_spec
 from pluralign.errors import CheckpointError, DataError, PluralignError
-from pluralign.estimator import PALA, PALB, DataLike, PALEstimator
+from pluralign.estimator.base import DataLike, PALEstimator
+from pluralign.estimator.params import LARGE_PARAMS
+from pluralign.estimator.tiny import PALA, PALB
+from pluralign.models.base import dropout_rng
 from pluralign.models.encoder import TextTower, TowerEncoder
 from pluralign.training.adaptation import zero_shot_weights
 from pluralign.training.large import LargeConfig, TowerSource, fit_large
 
 ENCODER_DIR = "encoder"
-#: Large's own defaults for parameters the Tiny estimators share (PAL App. D.3, Table 4)
-LARGE_DEFAULTS: dict[str, Any] = {
-    "epochs": 1,
-    "batch_size": 16,
-    "lr_maps": 1e-4,
-    "wd_maps": 1e-2,
-    "lr_prototypes": 1e-4,
-    "lr_users": 5e-3,
-    "patience": None,
-}
 
 
 class _LargeMixin:
-    """What PALALarge and PALBLarge add to PALA and PALB."""
+    """What PALALarge and PALBLarge add to PALA and PALB: their hyperparameter table (``params.py``:
+    the Tiny ones with App. D.3's defaults, plus the encoder's) and the trainable tower."""
 
-    large_params: ClassVar[tuple[str, ...]] = (
-        "encoder_lr",
-        "encoder_wd",
-        "max_length",
-        "grad_accum_steps",
-        "max_grad_norm",
-        "precision",
-        "device",
-        "max_steps",
-    )
-
-    def __init__(
-        self,
-        n_prototypes: int = 3,
-        dim: int = 16,
-        *,
-        encoder_lr: float = 1e-5,
-        encoder_wd: float = 0.0,
-        max_length: int | None = 128,
-        grad_accum_steps: int = 1,
-        max_grad_norm: float | None = 1.0,
-        precision: str = "auto",
-        device: str = "cpu",
-        max_steps: int | None = None,
-        **params: Any,
-    ) -> None:
-        """``encoder``: a local sentence-transformers/HF model directory (default: MiniLM); texts are
-        truncated to ``max_length`` tokens (None: the model's limit). Other parameters: see PALEstimator."""
-        for name, value in LARGE_DEFAULTS.items():
-            params.setdefault(name, value)
-        super().__init__(n_prototypes, dim, **params)
-        self.encoder_lr = encoder_lr
-        self.encoder_wd = encoder_wd
-        self.max_length = max_length
-        self.grad_accum_steps = grad_accum_steps
-        self.max_grad_norm = max_grad_norm
-        self.precision = precision
-        self.device = device
-        self.max_steps = max_steps
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [*PALEstimator._param_names(), *cls.large_params]
-
-    def __repr__(self) -> str:
-        base = inspect.signature(PALEstimator.__init__).parameters
-        own = inspect.signature(_LargeMixin.__init__).parameters
-        defaults = (
-            {k: p.default for k, p in base.items()}
-            | LARGE_DEFAULTS
-            | {k: own[k].default for k in self.large_params}
-        )
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
-        return f"{type(self).__name__}({', '.join(changed)})"
+    hyperparameters = LARGE_PARAMS
+    fitted_attributes = (*PALEstimator.fitted_attributes, "encoder_", "cache_")
 
     # --- data -------------------------------------------------------------------------------------------
     def _tower_path(self) -> str | Path | None:
@@ -161,13 +102,11 @@ class _LargeMixin:
                 f"{type(self).__name__} embeds prompts with its own trainable encoder: "
                 "leave context_encoder None"
             )
+        self.reset()
         config = self._large_config()
         train = self._texts(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
-        import torch
-
-        torch.manual_seed(self.seed)
         tower = TextTower.from_pretrained(self._tower_path(), max_length=self.max_length)
         with_context = not (train.contexts == "").all()
         items = tower.tokenize(train.items)
@@ -191,7 +130,8 @@ class _LargeMixin:
                 lambda: source.encode(val_items, val_contexts, n_val_contexts),
             )
         batch = self.to_batch(train, self.user_rows(train))
-        self.history_ = fit_large(self.model_, source, batch, val_part, config)
+        with dropout_rng(self.seed):
+            self.history_ = fit_large(self.model_, source, batch, val_part, config)
         self.model_.cpu()
         tower.cpu()
         self.encoder_ = TowerEncoder(tower)
@@ -200,7 +140,7 @@ class _LargeMixin:
         return self
 
     # --- persistence ------------------------------------------------------------------------------------
-    def _extend_checkpoint(self, config: dict[str, Any]):
+    def checkpoint_extras(self, config: dict[str, Any]):
         config["params"]["encoder"] = encoder_spec(self.encoder)  # the starting point, as given
         tower: TextTower = self.encoder_.tower
 
@@ -217,7 +157,7 @@ class _LargeMixin:
 
         return write
 
-    def _restore(self, directory: Path, config: dict[str, Any]) -> None:
+    def restore_extras(self, directory: Path, config: dict[str, Any]) -> None:
         info = config.get("tower")
         if not isinstance(info, dict):
             raise CheckpointError(
@@ -244,6 +184,3 @@ class PALALarge(_LargeMixin, PALA):
 
 class PALBLarge(_LargeMixin, PALB):
     """PAL-B-Large: PAL-B's preference mappings over a text encoder trained end to end."""
-
-
-LARGE_ESTIMATORS: dict[str, type[PALEstimator]] = {"PALALarge": PALALarge, "PALBLarge": PALBLarge}

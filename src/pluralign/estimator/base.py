@@ -1,16 +1,19 @@
-"""scikit-learn style estimators: ``PALB(n_prototypes=4).fit(train, val)``, then reward, score, adapt, save.
+"""What every estimator shares: the data boundary, fit, prediction, new users and persistence.
 
 Data can be a path (JSONL, CSV, Parquet, HF dataset directory), a pandas DataFrame, an HF ``Dataset``, or a
 ``PreferenceData`` (already embedded or not). Texts are embedded once by the estimator's encoder, through
-the on-disk cache when ``cache_dir`` is set. Hyperparameters live in ``__init__``; fitted attributes end in
-an underscore.
+the on-disk cache when ``cache_dir`` is set. Hyperparameters are the ``__init__`` arguments (from
+``params.py``); fitted attributes end in an underscore.
+
+The public data boundary other modules use (active onboarding, growth, selection, the service):
+``prepare`` (read + embed), ``user_rows`` (index users), ``to_batch`` / ``to_tables`` (model inputs),
+``get_encoder`` / ``get_cache`` (the encoder and its cache), ``check_fitted`` and ``train_config``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
 
 from pluralign.checkpoint import load_checkpoint, save_checkpoint
 from pluralign.data.comparisons import PreferenceData
@@ -26,11 +30,9 @@ from pluralign.data.readers import read_preferences
 from pluralign.encoders import EmbeddingCache, Encoder, embed_data, embed_texts, open_cache
 from pluralign.encoders.spec import encoder_from_spec, encoder_spec
 from pluralign.errors import CheckpointError, DataError, PluralignError
-from pluralign.models.base import Batch, PreferenceModel, Tables
-from pluralign.models.btl import BTLModel
+from pluralign.estimator.params import TINY_PARAMS, Param, make_init
+from pluralign.models.base import Batch, PreferenceModel, Tables, dropout_rng
 from pluralign.models.mlp import MLPConfig
-from pluralign.models.pal_a import PALAModel
-from pluralign.models.pal_b import PALBModel
 from pluralign.training.adaptation import fit_user_weights, weights_to_logits, zero_shot_weights
 from pluralign.training.losses import PREFIX_LOSSES
 from pluralign.training.trainer import History, TrainConfig, fit, predict_margins
@@ -40,96 +42,57 @@ logger = logging.getLogger(__name__)
 DataLike = PreferenceData | pd.DataFrame | str | Path | Any
 
 
-class PALEstimator:
-    """Shared machinery of BTL, PALA and PALB; use those classes."""
+#: every estimator class by name (filled as the classes are defined; ``load`` looks checkpoints up here)
+ESTIMATORS: dict[str, type[PALEstimator]] = {}
+
+
+class PALEstimator(BaseEstimator):
+    """Shared machinery of BTL, PALA and PALB; use those classes.
+
+    A scikit-learn estimator: ``clone``, ``get_params`` / ``set_params``, ``GridSearchCV`` and ``Pipeline``
+    work (``fit(X)`` takes preference rows, ``score(X)`` is pairwise accuracy). The hyperparameters and
+    their help live in ``pluralign.estimator.params``; ``__init__`` is generated from that table, so
+    ``inspect.signature(PALB)`` lists them all.
+    """
 
     model_kind: ClassVar[str] = ""
+    #: the hyperparameter table of this class (``__init__`` and the CLI derive from it)
+    hyperparameters: ClassVar[tuple[Param, ...]] = TINY_PARAMS
+    #: attributes set by ``fit`` / ``load`` (reset at the start of every fit)
+    fitted_attributes: ClassVar[tuple[str, ...]] = (
+        "model_",
+        "users_",
+        "n_seen_users_",
+        "item_dim_",
+        "context_dim_",
+        "history_",
+        "zero_shot_weights_",
+        "grow_report_",
+    )
+    __init__ = make_init(TINY_PARAMS)
 
-    def __init__(
-        self,
-        n_prototypes: int = 3,
-        dim: int = 16,
-        *,
-        f_layers: int = 2,
-        g_layers: int = 2,
-        hidden: int | None = None,
-        dropout: float = 0.0,
-        residual: bool = False,
-        bias: bool = True,
-        loss: str = "logistic",
-        epochs: int = 100,
-        batch_size: int = 1024,
-        lr_maps: float = 5e-4,
-        wd_maps: float = 1e-3,
-        lr_prototypes: float = 5e-3,
-        lr_users: float = 5e-3,
-        wd_users: float = 0.0,
-        patience: int | None = 10,
-        rows_per_context: int | None = None,
-        seed: int = 0,
-        encoder: Encoder | str | dict | None = None,
-        context_encoder: Encoder | str | dict | None = None,
-        cache_dir: str | Path | None = None,
-        adapt_ridge: float = 1.0,
-        adapt_steps: int = 300,
-        progress: bool = False,
-        metrics_path: str | Path | None = None,
-        checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int | None = None,
-        checkpoint_seconds: float | None = None,
-    ) -> None:
-        self.n_prototypes = n_prototypes
-        self.dim = dim
-        self.f_layers = f_layers
-        self.g_layers = g_layers
-        self.hidden = hidden
-        self.dropout = dropout
-        self.residual = residual
-        self.bias = bias
-        self.loss = loss
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr_maps = lr_maps
-        self.wd_maps = wd_maps
-        self.lr_prototypes = lr_prototypes
-        self.lr_users = lr_users
-        self.wd_users = wd_users
-        self.patience = patience
-        self.rows_per_context = rows_per_context
-        self.seed = seed
-        self.encoder = encoder
-        self.context_encoder = context_encoder
-        self.cache_dir = cache_dir
-        self.adapt_ridge = adapt_ridge
-        self.adapt_steps = adapt_steps
-        self.progress = progress
-        self.metrics_path = metrics_path
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
-        self.checkpoint_seconds = checkpoint_seconds
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:  # each class's own signature, from its (inherited) table
+            cls.__init__ = make_init(cls.hyperparameters)
+        if cls.model_kind:
+            ESTIMATORS[cls.__name__] = cls
 
-    # --- parameters -------------------------------------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return [p for p in signature.parameters if p != "self"]
-
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
+    def check_init(self) -> None:
+        """Checks of the hyperparameters right after ``__init__`` (a subclass hook; none by default)."""
 
     def set_params(self, **params: Any) -> PALEstimator:
-        for name, value in params.items():
-            if name not in self._param_names():
+        names = {p.name for p in self.hyperparameters}
+        for name in params:
+            if name.split("__")[0] not in names:
                 raise ValueError(f"{type(self).__name__} has no parameter '{name}'")
-            setattr(self, name, value)
+        super().set_params(**params)
         if {"encoder", "context_encoder", "cache_dir"} & params.keys():
             self.encoder_ = self.cache_ = self.context_encoder_ = self.context_cache_ = None  # rebuilt on use
         return self
 
-    def __repr__(self) -> str:
-        defaults = inspect.signature(PALEstimator.__init__).parameters
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults[k].default != v]
-        return f"{type(self).__name__}({', '.join(changed)})"
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
 
     # --- data -------------------------------------------------------------------------------------------
     def get_encoder(self) -> Encoder:
@@ -161,13 +124,18 @@ class PALEstimator:
         return self.context_cache_
 
     def prepare(self, data: DataLike) -> PreferenceData:
+        """``data`` read (if a path, frame or dataset) and embedded, through the cache. A fitted model
+        embeds prompts only if it was trained with them; before fitting, only if ``data`` has any."""
+        return self._embed(data, getattr(self, "context_dim_", None))
+
+    def _embed(self, data: DataLike, context_dim: int | None) -> PreferenceData:
+        """``prepare`` for a model whose context width is ``context_dim`` (None: decided by the data)."""
         if not isinstance(data, PreferenceData):
             data = read_preferences(data)
         if data.is_embedded:
             return data
         encoder, cache = self.get_encoder(), self.get_cache()
-        fitted_without_context = getattr(self, "context_dim_", None) == 0
-        if fitted_without_context or (not hasattr(self, "context_dim_") and (data.contexts == "").all()):
+        if context_dim == 0 or (context_dim is None and (data.contexts == "").all()):
             # No prompts at all (or a model trained without them): contexts carry no features.
             items = embed_texts(list(data.items), encoder, cache=cache, show_progress=self.progress)
             return data.with_vectors(items, np.zeros((len(data.contexts), 0), dtype=np.float32))
@@ -189,14 +157,16 @@ class PALEstimator:
             )
 
     def to_tables(self, data: PreferenceData) -> Tables:
+        """The embedded data's item and context vectors as the model's lookup tables (dims checked)."""
         self._check_dims(data.item_dim, data.context_dim, data.source)
         return Tables(torch.from_numpy(data.item_vectors), torch.from_numpy(data.context_vectors))
 
     def user_rows(self, data: PreferenceData) -> np.ndarray:
         """Model row of each comparison's user; -1 for users the model does not know."""
-        return self.users_.get_indexer(pd.Index(data.user_ids.astype(str)))[data.user]
+        return _rows_of(self.users_, data)
 
     def to_batch(self, data: PreferenceData, users: np.ndarray) -> Batch:
+        """Index tensors of ``data``'s rows, with ``users`` (one model row per comparison) as user index."""
         return Batch(
             torch.from_numpy(np.asarray(users, dtype=np.int64)),
             torch.from_numpy(data.context),
@@ -208,52 +178,55 @@ class PALEstimator:
     def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
         raise NotImplementedError
 
+    def _generator(self) -> torch.Generator:
+        """The generator a new model is initialised from: seeded by ``seed``; the process RNG is untouched."""
+        return torch.Generator().manual_seed(self.seed)
+
     def _mlp(self, layers: int) -> MLPConfig:
         return MLPConfig(
             n_layers=layers, hidden=self.hidden, dropout=self.dropout, residual=self.residual, bias=self.bias
         )
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            loss=self.loss,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr_maps=self.lr_maps,
-            wd_maps=self.wd_maps,
-            lr_prototypes=self.lr_prototypes,
-            lr_users=self.lr_users,
-            wd_users=self.wd_users,
-            patience=self.patience,
-            rows_per_context=self.rows_per_context,
-            seed=self.seed,
-            progress=self.progress,
-            metrics_path=None if self.metrics_path is None else str(self.metrics_path),
-            checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
-            checkpoint_every=self.checkpoint_every,
-            checkpoint_seconds=self.checkpoint_seconds,
-        )
+        """The optimisation settings: every ``TrainConfig`` field that is a hyperparameter of this class
+        (matched by name; ``pluralign.estimator.params``)."""
+        names = {f.name for f in dataclasses.fields(TrainConfig)} & set(self.get_params())
+        values = {name: getattr(self, name) for name in names}
+        for name in ("metrics_path", "checkpoint_dir"):
+            values[name] = None if values[name] is None else str(values[name])
+        return TrainConfig(**values)
+
+    def reset(self) -> PALEstimator:
+        """Forget everything ``fit`` learned (the hyperparameters stay)."""
+        for name in self.fitted_attributes:
+            self.__dict__.pop(name, None)
+        return self
 
     def fit(self, train: DataLike, val: DataLike | None = None, *, resume: bool = False) -> PALEstimator:
         """Learn the shared maps, prototypes and every training user's weights.
 
+        Any earlier fit is forgotten first; the fitted attributes are set only when training succeeds.
         ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` (same data and settings).
         """
+        self.reset()
         config = dataclasses.replace(self.train_config(), resume=resume)
         train = self.prepare(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
-        present = np.unique(train.user)
-        self.users_ = pd.Index(train.user_ids[present].astype(str))
-        self.n_seen_users_ = len(self.users_)
-        self.item_dim_, self.context_dim_ = train.item_dim, train.context_dim
-        torch.manual_seed(self.seed)
-        self.model_ = self.build_model(self.n_seen_users_, self.item_dim_, self.context_dim_)
-        train_part = (self.to_batch(train, self.user_rows(train)), self.to_tables(train))
+        users = pd.Index(train.user_ids[np.unique(train.user)].astype(str))
+        model = self.build_model(len(users), train.item_dim, train.context_dim)
+        train_part = (self.to_batch(train, _rows_of(users, train)), self.to_tables(train))
         val_part = None
         if val is not None:
-            val = self.prepare(val)
-            users = self.user_rows(val)
-            known = users >= 0
+            val = self._embed(val, train.context_dim)
+            if (val.item_dim, val.context_dim) != (train.item_dim, train.context_dim):
+                raise DataError(
+                    f"validation vectors have dimensions item={val.item_dim}, context={val.context_dim} "
+                    f"but the training data has item={train.item_dim}, context={train.context_dim}",
+                    path=val.source,
+                )
+            rows = _rows_of(users, val)
+            known = rows >= 0
             if not known.all():
                 logger.warning(
                     "validation: %d of %d comparisons are from users not in the training data; "
@@ -261,19 +234,24 @@ class PALEstimator:
                     int((~known).sum()),
                     len(val),
                 )
-            val_part = (self.to_batch(val.subset(known), users[known]), self.to_tables(val))
-        if self.loss in PREFIX_LOSSES:  # needs token-level features: the cumulative-loss loop
-            from pluralign.training.large import fit_tiny_prefixes
+            val_part = (self.to_batch(val.subset(known), rows[known]), self.to_tables(val))
+        with dropout_rng(self.seed):
+            if self.loss in PREFIX_LOSSES:  # needs token-level features: the cumulative-loss loop
+                from pluralign.training.large import fit_tiny_prefixes
 
-            self.history_: History = fit_tiny_prefixes(
-                self.model_, train, train_part, val_part, config, self.get_encoder(), self.cache_dir
-            )
-        else:
-            self.history_ = fit(self.model_, train_part, val_part, config)
-        self.zero_shot_weights_ = zero_shot_weights(self.model_, self.n_seen_users_)
+                history = fit_tiny_prefixes(
+                    model, train, train_part, val_part, config, self.get_encoder(), self.cache_dir
+                )
+            else:
+                history = fit(model, train_part, val_part, config)
+        self.model_, self.users_, self.n_seen_users_ = model, users, len(users)
+        self.item_dim_, self.context_dim_ = train.item_dim, train.context_dim
+        self.history_: History = history
+        self.zero_shot_weights_ = zero_shot_weights(model, len(users))
         return self
 
     def check_fitted(self) -> None:
+        """Raise a clear error unless ``fit`` or ``load`` has run."""
         if not hasattr(self, "model_"):
             raise PluralignError(f"this {type(self).__name__} is not fitted yet: call fit() or load()")
 
@@ -304,8 +282,13 @@ class PALEstimator:
         """True where the model agrees that ``chosen`` is preferred."""
         return self.margins(data) > 0
 
-    def score(self, data: DataLike) -> float:
-        """Accuracy: share of rows where the chosen response gets the higher reward (ties count half)."""
+    def score(self, data: DataLike, y: None = None) -> float:
+        """Accuracy: share of rows where the chosen response gets the higher reward (ties count half).
+
+        ``y`` is only there for scikit-learn's scorers (``GridSearchCV``, ``Pipeline.score``) and must be
+        None: the labels are the rows themselves (which response was chosen)."""
+        if y is not None:
+            raise ValueError("score() takes no labels: the preference rows carry them (chosen vs rejected)")
         margin = self.margins(data)
         if len(margin) == 0:
             raise DataError("no comparisons to score")
@@ -425,21 +408,23 @@ class PALEstimator:
         prompt, same two responses) are skipped. ``strategy``: "info-gain" (mutual information between the
         answer and w under a particle posterior), "variance" (expected posterior variance reduction),
         "uncertainty" (P(a) nearest 1/2 at the few-shot fit) or "random". ``options``: n_particles, lapse,
-        temperature, seed (see ``pluralign.training.active``). PAL-A and PAL-B only.
+        temperature, seed (see ``pluralign.estimator.onboarding``, ``pluralign.training.active``).
+        PAL-A and PAL-B only.
 
         Returns one row per user: index (position in ``candidates``), prompt, a, b, p_a (P(a preferred)),
         score, n_answers, n_candidates (candidates left).
         """
-        from pluralign.training.active import next_questions
+        from pluralign.estimator.onboarding import next_questions
 
         return next_questions(self, candidates, answers, users=users, strategy=strategy, **options)
 
-    def grow(self, data: DataLike, n_new: int = 1, **options: Any) -> Any:
-        """Add ``n_new`` prototypes for the new users of ``data`` that the current ones explain poorly,
-        keeping every existing parameter and user prediction exactly; all users of ``data`` are added.
-        ``options`` (``reference``, ``users``, ``rule``, ``epochs``, ...): see
-        ``pluralign.training.growth.grow_estimator``. Returns a ``GrowReport``."""
-        from pluralign.training.growth import grow_estimator
+    def grow(self, data: DataLike, n_new: int = 1, **options: Any) -> PALEstimator:
+        """A new estimator with ``n_new`` more prototypes, for the new users of ``data`` that the current
+        ones explain poorly, keeping every existing parameter and user prediction exactly; all users of
+        ``data`` are added. This estimator is not modified. The new one's ``grow_report_`` (a
+        ``GrowReport``) says what was flagged and measured. ``options`` (``reference``, ``users``, ``rule``,
+        ``epochs``, ...): see ``pluralign.estimator.growth.grow_estimator``."""
+        from pluralign.estimator.growth import grow_estimator
 
         return grow_estimator(self, data, n_new, **options)
 
@@ -472,27 +457,27 @@ class PALEstimator:
             config["prototype_blocks"] = list(self.model_.prototype_blocks)
         tensors = dict(self.model_.state_dict())
         tensors["zero_shot_weights"] = self.zero_shot_weights_.double()
-        return save_checkpoint(directory, config, tensors, list(self.users_), self._extend_checkpoint(config))
+        return save_checkpoint(directory, config, tensors, list(self.users_), self.checkpoint_extras(config))
 
-    def _extend_checkpoint(self, config: dict[str, Any]) -> Callable[[Path], dict[str, Any]] | None:
+    def checkpoint_extras(self, config: dict[str, Any]) -> Callable[[Path], dict[str, Any]] | None:
         """Hook for subclasses (PAL-Large): edit ``config`` and return a writer of extra files."""
         return None
 
-    def _restore(self, directory: Path, config: dict[str, Any]) -> None:
-        """Hook for subclasses (PAL-Large): load what ``_extend_checkpoint`` wrote."""
+    def restore_extras(self, directory: Path, config: dict[str, Any]) -> None:
+        """Hook for subclasses (PAL-Large): load what ``checkpoint_extras`` wrote."""
 
     @classmethod
     def load(cls, directory: str | Path) -> PALEstimator:
         """Load a checkpoint written by ``save``; ``PALEstimator.load`` picks the right class."""
         config, tensors, users = load_checkpoint(directory)
-        name = config.get("estimator", "")
-        target = ESTIMATORS.get(name) or _large_estimators().get(name)
+        target = ESTIMATORS.get(config.get("estimator", ""))
         if target is None:
             raise CheckpointError(f"{directory}: unknown estimator '{config.get('estimator')}'")
         if cls is not PALEstimator and target is not cls:
             raise CheckpointError(f"{directory}: holds a {target.__name__}, not a {cls.__name__}")
         try:
-            params = {k: v for k, v in config["params"].items() if k in target._param_names()}
+            names = {p.name for p in target.hyperparameters}
+            params = {k: v for k, v in config["params"].items() if k in names}
             est = target(**params)
             est.users_ = pd.Index(users)
             est.item_dim_, est.context_dim_ = int(config["item_dim"]), int(config["context_dim"])
@@ -504,7 +489,7 @@ class PALEstimator:
 
                 make_blockwise(est.model_, config["prototype_blocks"])
             est.model_.load_state_dict(tensors, strict=True)
-            est._restore(Path(directory), config)
+            est.restore_extras(Path(directory), config)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{directory}: checkpoint does not match its config ({exc})") from None
         est.model_.eval()
@@ -512,58 +497,6 @@ class PALEstimator:
         return est
 
 
-class PALA(PALEstimator):
-    """PAL-A: ideal points r_u(x, c) = -||f(x; c) - f(w_u P)||^2 (paper eq. 4)."""
-
-    model_kind = "pal_a"
-
-    def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
-        return PALAModel(
-            n_users, self.n_prototypes, item_dim, context_dim, self.dim, self._mlp(self.f_layers)
-        )
-
-
-class PALB(PALEstimator):
-    """PAL-B: preference mappings r_u(x, c) = s <f(x), sum_k w_uk g_k(c)> (paper eq. 6)."""
-
-    model_kind = "pal_b"
-
-    def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
-        return PALBModel(
-            n_users,
-            self.n_prototypes,
-            item_dim,
-            context_dim,
-            self.dim,
-            self._mlp(self.f_layers),
-            self._mlp(self.g_layers),
-        )
-
-
-class BTL(PALEstimator):
-    """Bradley-Terry baseline: one reward MLP([x; c]) shared by every user (PAL with K = 1)."""
-
-    model_kind = "btl"
-
-    def __init__(self, **params: Any) -> None:
-        params.setdefault("n_prototypes", 1)
-        if params["n_prototypes"] != 1:
-            raise ValueError("BTL has exactly one prototype")
-        super().__init__(**params)
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return PALEstimator._param_names()
-
-    def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
-        return BTLModel(n_users, item_dim, context_dim, self._mlp(self.f_layers))
-
-
-ESTIMATORS: dict[str, type[PALEstimator]] = {"PALA": PALA, "PALB": PALB, "BTL": BTL}
-
-
-def _large_estimators() -> dict[str, type[PALEstimator]]:
-    """PAL-Large classes, imported on demand (they live in estimator_large.py, which imports this module)."""
-    from pluralign.estimator_large import LARGE_ESTIMATORS
-
-    return LARGE_ESTIMATORS
+def _rows_of(users: pd.Index, data: PreferenceData) -> np.ndarray:
+    """Position in ``users`` of each comparison's user; -1 where absent."""
+    return users.get_indexer(pd.Index(data.user_ids.astype(str)))[data.user]

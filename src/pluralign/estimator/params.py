@@ -1,0 +1,194 @@
+"""The estimators' hyperparameters, defined once: name, default, type and help text.
+
+Everything that sets a hyperparameter derives from these tables: the estimators' ``__init__`` signatures
+(so ``inspect.signature``, scikit-learn's ``get_params`` / ``clone`` and ``help(PALB)`` see them), the
+``TrainConfig`` an estimator trains with (fields matched by name), and the CLI options of ``pluralign
+train`` and ``pluralign select-k`` (``--lr-maps`` for ``lr_maps``, the help text below). Adding a
+hyperparameter is one line here; a test checks that Python and the CLI agree on every name and default.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+#: groups, in the order ``--help`` and the docs list them
+GROUPS = ("model", "training", "encoders", "new users", "run")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter. ``type`` is what the CLI parses (``int | None`` accepts ``none``); ``cli``
+    False for settings a command derives itself (e.g. the metrics file inside the run directory)."""
+
+    name: str
+    default: Any
+    type: Any
+    help: str
+    group: str
+    cli: bool = True
+    #: extra CLI spellings kept for compatibility (e.g. ``--k``)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+P = Param
+TINY_PARAMS: tuple[Param, ...] = (
+    P("n_prototypes", 3, int, "Number of prototypes K.", "model", aliases=("--k",)),
+    P("dim", 16, int, "Latent dimension d of the maps' output.", "model"),
+    P("f_layers", 2, int, "Layers of the item map f (1 = linear).", "model"),
+    P("g_layers", 2, int, "Layers of each context map g_k (PAL-B).", "model"),
+    P("hidden", None, int | None, "Hidden width of the maps (default: their input width).", "model"),
+    P("dropout", 0.0, float, "Dropout in the maps (needs >= 2 layers).", "model"),
+    P("residual", False, bool, "Residual hidden layers (the paper's '2-layer MLP with residual').", "model"),
+    P("bias", True, bool, "Linear layers with a bias.", "model"),
+    P(
+        "loss",
+        "logistic",
+        str,
+        "Loss on the margin: logistic, hinge, cumulative, cumulative-mean.",
+        "training",
+    ),
+    P("epochs", 100, int, "Maximum epochs.", "training"),
+    P("batch_size", 1024, int, "Comparisons per optimizer step (global, over all processes).", "training"),
+    P("lr_maps", 5e-4, float, "Learning rate of the maps f and g.", "training"),
+    P(
+        "wd_maps",
+        1e-3,
+        float,
+        "Weight decay of the maps' weight matrices (not biases or scales).",
+        "training",
+    ),
+    P("lr_prototypes", 5e-3, float, "Learning rate of the prototypes.", "training"),
+    P("wd_prototypes", 0.0, float, "Weight decay of the prototypes.", "training"),
+    P("lr_users", 5e-3, float, "Learning rate of the users' weight logits.", "training"),
+    P("wd_users", 0.0, float, "Weight decay of the users' weight logits.", "training"),
+    P(
+        "patience",
+        10,
+        int | None,
+        "Stop after this many epochs without a better val accuracy (none: never).",
+        "training",
+    ),
+    P("min_delta", 0.0, float, "Smallest val-accuracy gain that counts as better.", "training"),
+    P("max_grad_norm", None, float | None, "Clip the gradient norm to this (none: no clipping).", "training"),
+    P(
+        "rows_per_context",
+        None,
+        int | None,
+        "Build batches from runs of this many rows sharing a prompt.",
+        "training",
+    ),
+    P("eval_batch_size", 65536, int, "Rows per chunk when scoring validation data.", "training"),
+    P("seed", 0, int, "Random seed (initialisation, batch order, few-shot).", "training"),
+    P(
+        "encoder",
+        None,
+        str | None,
+        "Sentence-transformers/HF model directory, or a .npz/.parquet file of precomputed vectors keyed "
+        "by text. Default: all-MiniLM-L6-v2 (offline).",
+        "encoders",
+    ),
+    P(
+        "context_encoder",
+        None,
+        str | None,
+        "Encoder of the prompts when it differs from --encoder (e.g. prompt vectors beside image vectors).",
+        "encoders",
+    ),
+    P("cache_dir", None, Path | None, "Embedding cache directory.", "encoders", aliases=("--cache",)),
+    P(
+        "adapt_ridge",
+        1.0,
+        float,
+        "Few-shot: pull of a new user's weights toward the zero-shot prior.",
+        "new users",
+    ),
+    P("adapt_steps", 300, int, "Few-shot: solver iterations (PAL-A; PAL-B is solved exactly).", "new users"),
+    P("progress", False, bool, "Progress bars on stderr.", "run", cli=False),
+    P("metrics_path", None, Path | None, "Write per-epoch metrics as JSON lines here.", "run", cli=False),
+    P("checkpoint_dir", None, Path | None, "Directory of resumable checkpoints.", "run", cli=False),
+    P("checkpoint_every", None, int | None, "Checkpoint every N optimizer steps (resumable).", "run"),
+    P("checkpoint_seconds", None, float | None, "Checkpoint every S seconds (resumable).", "run"),
+)
+
+#: PAL-Large's own hyperparameters (the text encoder trained with the heads)
+LARGE_EXTRA: tuple[Param, ...] = (
+    P("encoder_lr", 1e-5, float, "PAL-Large: learning rate of the text encoder.", "encoders"),
+    P("encoder_wd", 0.0, float, "PAL-Large: weight decay of the text encoder.", "encoders"),
+    P("max_length", 128, int | None, "PAL-Large: token limit per text (none: the model's).", "encoders"),
+    P("grad_accum_steps", 1, int, "PAL-Large: micro-batches per optimizer step.", "training"),
+    P("precision", "auto", str, "PAL-Large: auto, fp32, bf16 or fp16 autocast.", "training"),
+    P("device", "cpu", str, "PAL-Large: torch device.", "training"),
+    P("max_steps", None, int | None, "PAL-Large: cap on optimizer steps (none: epochs decide).", "training"),
+)
+
+#: PAL-Large's defaults where they differ from Tiny's (PAL App. D.3, Table 4)
+LARGE_DEFAULTS: dict[str, Any] = {
+    "epochs": 1,
+    "batch_size": 16,
+    "lr_maps": 1e-4,
+    "wd_maps": 1e-2,
+    "lr_prototypes": 1e-4,
+    "lr_users": 5e-3,
+    "patience": None,
+    "max_grad_norm": 1.0,
+}
+
+
+def with_defaults(params: Sequence[Param], **defaults: Any) -> tuple[Param, ...]:
+    """``params`` with some defaults changed."""
+    unknown = set(defaults) - {p.name for p in params}
+    if unknown:
+        raise KeyError(f"no such hyperparameter(s): {', '.join(sorted(unknown))}")
+    return tuple(replace(p, default=defaults[p.name]) if p.name in defaults else p for p in params)
+
+
+LARGE_PARAMS: tuple[Param, ...] = (*with_defaults(TINY_PARAMS, **LARGE_DEFAULTS), *LARGE_EXTRA)
+BTL_PARAMS: tuple[Param, ...] = with_defaults(TINY_PARAMS, n_prototypes=1)
+
+#: parameters that may be given by position (the rest are keyword-only)
+POSITIONAL = ("n_prototypes", "dim")
+
+
+def signature(params: Sequence[Param]) -> inspect.Signature:
+    """``(self, n_prototypes=3, dim=16, *, f_layers=2, ...)`` for a table of parameters."""
+    kinds = {True: inspect.Parameter.POSITIONAL_OR_KEYWORD, False: inspect.Parameter.KEYWORD_ONLY}
+    return inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [
+            inspect.Parameter(p.name, kinds[p.name in POSITIONAL], default=p.default, annotation=p.type)
+            for p in params
+        ]
+    )
+
+
+def make_init(params: Sequence[Param]) -> Callable[..., None]:
+    """An ``__init__`` that stores each hyperparameter as given (scikit-learn's convention: no
+    derivation here; values are validated where they are used) and then calls ``self.check_init()``.
+    Unknown names are a TypeError, as for any Python function."""
+    sig = signature(params)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        for name, value in bound.arguments.items():
+            if name != "self":
+                setattr(self, name, value)
+        self.check_init()
+
+    __init__.__signature__ = sig  # type: ignore[attr-defined]
+    __init__.__doc__ = "Hyperparameters:\n\n" + "\n".join(
+        f"- ``{p.name}`` ({p.default!r}): {p.help}" for p in params
+    )
+    return __init__
+
+
+def by_name(params: Sequence[Param]) -> dict[str, Param]:
+    return {p.name: p for p in params}
