@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pluralign.data.raw import decode_utf8
 from pluralign.errors import DataError
 
 __all__ = [
@@ -130,7 +131,7 @@ def read_csv_table(path: Path, required: tuple[str, ...], *, header: bool = True
         raise DataError("no such file", path=where) from None
     except OSError as exc:
         raise DataError(f"cannot read file: {exc.strerror or exc}", path=where) from exc
-    text = _decode(raw, where)
+    text = decode_utf8(raw, where)
     reader = csv.reader(io.StringIO(text, newline=""))
     records: list[list[str]] = []
     starts: list[int] = []
@@ -171,16 +172,6 @@ def read_csv_table(path: Path, required: tuple[str, ...], *, header: bool = True
     matrix = np.array(body, dtype=object).reshape(len(body), width)
     columns = {name: matrix[:, i] for i, name in enumerate(names)}
     return CsvTable(where, names, columns, np.asarray(lines, dtype=np.int64))
-
-
-def _decode(raw: bytes, where: str) -> str:
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-save the file as UTF-8", path=where, line=line
-        ) from exc
 
 
 def _integers(table: CsvTable, name: str, rows: np.ndarray | None = None) -> np.ndarray:
