@@ -8,8 +8,12 @@ Users have one of K* personas (Table 7) and answer "would you say this statement
 the statement belongs to their persona. Statements are embedded once with all-MiniLM-L6-v2 (cached under
 --cache). Each seen user's questions are split 90/10 into training and held-out test; unseen users are
 onboarded by fitting only their K weights (exactly, for PAL-B) on n of their answers and scored on the
-rest. Writes results.json (readable by `pluralign report`), PNG plots and prints tables with the paper's
-reported trends beside ours. One torch thread; peak RSS from getrusage.
+rest, with our default fit (zero-shot start + ridge, ``adapt_method="map"``) and with the paper's (random
+start, no ridge, App. D.1: ``adapt_method="paper"``; series marked "paper's fit"). Writes results.json
+(readable by `pluralign report`), PNG plots and prints tables with the paper's reported figures beside ours;
+the JSON holds those figures as numbers (``paper``) and pairs each with ours (``vs_paper``). Where the
+paper states only a trend, the number is its sign (+1 rising, 0 flat) and ours is the measured change.
+One torch thread; peak RSS from getrusage.
 """
 
 from __future__ import annotations
@@ -35,13 +39,114 @@ from pluralign.report.tables import rows_table
 
 console = Console(width=110)
 
+#: the paper's Persona figures (App. D.4, Figs. D.5/D.6), as numbers; "value" is None where it gives none
 PAPER = {
-    "full": "Fig. D.6: seen-user accuracy about 100% at K = K* (PAL-B-Tiny, N = 10,000, n_p = 1,000)",
-    "k": "Fig. D.5a/D.6a: accuracy grows with K up to K = K*, then stays flat",
-    "n_p": "Fig. D.5b/D.6b: more comparisons per user, higher seen-user accuracy",
-    "d": "Fig. D.6c: the latent dimension d does not change seen accuracy much",
-    "few_shot": "Fig. D.5c/D.6d: diminishing returns in n; K = 1 flat; larger K needs more answers",
+    "full": {
+        "claim": "Fig. D.6: seen-user accuracy about 100% at K = K* (PAL-B-Tiny, N = 10,000, n_p = 1,000)",
+        "source": "App. D.4 text, Fig. D.6a",
+        "metric": "seen-user held-out accuracy at K = K* (value)",
+        "value": 1.0,
+        "approximate": True,
+        "setting": {"model": "PAL-B-Tiny", "N": 10_000, "n_p": 1_000, "d": 16},
+    },
+    "k": {
+        "claim": "Fig. D.5a/D.6a: accuracy grows with K up to K = K*, then stays flat",
+        "source": "App. D.4, Figs. D.5a, D.6a",
+        "metric": "seen-user accuracy at K = K* (value); its change from K = K* to the largest K (trend)",
+        "value": 1.0,
+        "trend": 0,
+        "approximate": True,
+        "setting": {"K_star": [2, 3, 4, 5, 6], "K": list(range(1, 9)), "n_p": 1_000, "d": 16, "N": 10_000},
+    },
+    "n_p": {
+        "claim": "Fig. D.5b/D.6b: more comparisons per user, higher seen-user accuracy",
+        "source": "App. D.4, Figs. D.5b, D.6b",
+        "metric": "accuracy change from the smallest to the largest n_p (sign)",
+        "value": None,
+        "trend": 1,
+        "setting": {"n_p": [75, 100, 200, 500, 1000], "K_star": 4, "d": 16, "N": 10_000},
+    },
+    "d": {
+        "claim": "Fig. D.6c: the latent dimension d does not change seen accuracy much",
+        "source": "App. D.4, Fig. D.6c",
+        "metric": "accuracy range over d (sign of change: 0 = flat)",
+        "value": None,
+        "trend": 0,
+        "setting": {"d": [4, 8, 16, 32, 64], "K_star": 4, "n_p": 1_000, "N": 10_000},
+    },
+    "few_shot": {
+        "claim": "Fig. D.5c/D.6d: diminishing returns in n; K = 1 flat; larger K needs more answers",
+        "source": "App. D.4, Figs. D.5c, D.6d",
+        "metric": "accuracy change from n = 0 to the largest n: at K = 1 (value, 'makes no difference'); "
+        "at K > 1 (trend)",
+        "value": 0.0,
+        "trend": 1,
+        "setting": {
+            "n_unseen": [1, 10, 20, 50, 100, 200, 500, 1000],
+            "K": [1, 2, 3, 4, 5],
+            "K_star": 4,
+            "fit": "random init, no ridge (App. D.1)",
+        },
+    },
 }
+PAPER_FIT = "paper's fit"
+
+
+def paper_curve(est: PALEstimator, pool, held_out, shots, seed: int):
+    """The few-shot curve with the paper's fit of new users (random start, no ridge, App. D.1)."""
+    return few_shot_curve(est.copy().set_params(adapt_method="paper"), pool, held_out, shots, seed=seed)
+
+
+def vs_paper(results: dict) -> list[dict]:
+    """Each of the paper's figures that this run measured, next to ours (numbers only)."""
+    out = []
+    if "k_grid" in results:
+        grid = results["k_grid"]
+        at_k_star = {
+            ks: accs[grid["ks"].index(ks)] for ks, accs in grid["accuracy"].items() if ks in grid["ks"]
+        }
+        beyond = {
+            ks: accs[-1] - accs[grid["ks"].index(ks)]
+            for ks, accs in grid["accuracy"].items()
+            if ks in grid["ks"] and ks != grid["ks"][-1]
+        }
+        out.append(
+            {
+                "figure": "k",
+                "paper": PAPER["k"]["value"],
+                "ours": at_k_star,
+                "paper_trend": PAPER["k"]["trend"],
+                "ours_change": beyond,
+            }
+        )
+    for name in ("n_p", "d"):
+        if name in results:
+            accs = results[name]["accuracy"]
+            change = accs[-1] - accs[0] if name == "n_p" else max(accs) - min(accs)
+            out.append(
+                {
+                    "figure": name,
+                    "paper": PAPER[name]["value"],
+                    "paper_trend": PAPER[name]["trend"],
+                    "ours_change": change,
+                }
+            )
+    if "few_shot" in results:
+        series = results["few_shot"]["series"]
+        change = {name: c["mean"][-1] - c["mean"][0] for name, c in series.items()}
+        k1 = {name: x for name, x in change.items() if name.split(",")[0].split()[-1] == "K=1"}
+        out.append(
+            {
+                "figure": "few_shot",
+                "paper": PAPER["few_shot"]["value"],
+                "ours": k1,
+                "paper_trend": PAPER["few_shot"]["trend"],
+                "ours_change": {name: x for name, x in change.items() if name not in k1},
+            }
+        )
+    for entry in out:
+        entry["metric"] = PAPER[entry["figure"]]["metric"]
+    return out
 
 
 def peak_rss_gib() -> float:
@@ -146,6 +251,9 @@ def run_full(args: argparse.Namespace) -> dict:
         accuracy = est.score(test)
         curve = few_shot_curve(est, pool, held_out, args.shots, seed=args.seed)
         curves[f"{kind} K={args.k_star}"] = curve
+        curves[f"{kind} K={args.k_star}, {PAPER_FIT}"] = paper_curve(
+            est, pool, held_out, args.shots, args.seed
+        )
         rows.append(
             {
                 "model": f"{kind.upper().replace('_', '-')}-Tiny ({loss})",
@@ -175,22 +283,34 @@ def run_full(args: argparse.Namespace) -> dict:
             "reference": rows[0]["seen_test_acc"],
             "reference_label": "seen users (PAL-B)",
         },
-        "paper": PAPER["full"],
+        "paper": {"full": PAPER["full"], "few_shot": PAPER["few_shot"]},
         "seconds": time.perf_counter() - start,
     }
+    results["vs_paper"] = [
+        {
+            "figure": "full",
+            "paper": PAPER["full"]["value"],
+            "ours": rows[0]["seen_test_acc"],
+            "model": rows[0]["model"],
+            "metric": PAPER["full"]["metric"],
+        },
+        *vs_paper(results),
+    ]
     write_results(args.out, results)
     print_rows(
         f"Persona full scale: K* = {args.k_star}, {data.seen.n_users:,} seen users x {args.queries} "
         f"questions ({len(data.seen):,} comparisons), {torch.get_num_threads()} thread",
         rows,
-        PAPER["full"],
+        PAPER["full"]["claim"],
     )
     shots_rows = [
         {"n": n, **{name: float(c["accuracy"][i]) for name, c in curves.items()}}
         for i, n in enumerate(curves[next(iter(curves))]["shots"])
     ]
     print_rows(
-        "Unseen users: accuracy after fitting their weights on n answers", shots_rows, PAPER["few_shot"]
+        "Unseen users: accuracy after fitting their weights on n answers",
+        shots_rows,
+        PAPER["few_shot"]["claim"],
     )
     return results
 
@@ -228,7 +348,7 @@ def run_sweeps(args: argparse.Namespace) -> dict:
                 {"K*": ks, **{f"K={k}": a for k, a in zip(args.ks, accs, strict=True)}}
                 for ks, accs in grid.items()
             ],
-            PAPER["k"],
+            PAPER["k"]["claim"],
         )
     one_at_a_time = (  # (--which key, results key, values, keyword of seen_accuracy, what it is)
         ("np", "n_p", args.n_ps, "queries", "comparisons per user"),
@@ -242,7 +362,7 @@ def run_sweeps(args: argparse.Namespace) -> dict:
         print_rows(
             f"Seen-user accuracy vs {label}, K = K* = {args.k_star}",
             [{name: v, "accuracy": a} for v, a in zip(values, accs, strict=True)],
-            PAPER[name],
+            PAPER[name]["claim"],
         )
     if "fewshot" in args.which:
         data, train, test = prepare(
@@ -261,13 +381,17 @@ def run_sweeps(args: argparse.Namespace) -> dict:
                 seed=seed,
                 rows_per_context=args.rows_per_context,
             ).fit(train)
-            curve = few_shot_curve(est, pool, held_out, args.shots, seed=seed)
-            series[f"K={k}"] = {
-                "shots": curve["shots"].tolist(),
-                "mean": curve["accuracy"].tolist(),
-                "std": None,
-                "seen": est.score(test),
-            }
+            seen = est.score(test)
+            for name, curve in (
+                (f"K={k}", few_shot_curve(est, pool, held_out, args.shots, seed=seed)),
+                (f"K={k}, {PAPER_FIT}", paper_curve(est, pool, held_out, args.shots, seed)),
+            ):
+                series[name] = {
+                    "shots": curve["shots"].tolist(),
+                    "mean": curve["accuracy"].tolist(),
+                    "std": None,
+                    "seen": seen,
+                }
         results["few_shot"] = {"series": series, "reference": None}
         print_rows(
             f"Unseen users (K* = {args.k_star}): accuracy after fitting weights on n answers (100 held out)",
@@ -275,8 +399,9 @@ def run_sweeps(args: argparse.Namespace) -> dict:
                 {"n": s, **{name: c["mean"][i] for name, c in series.items()}}
                 for i, s in enumerate(args.shots)
             ],
-            PAPER["few_shot"],
+            PAPER["few_shot"]["claim"],
         )
+    results["vs_paper"] = vs_paper(results)
     results["seconds"] = time.perf_counter() - start
     results["peak_rss_gib"] = peak_rss_gib()
     write_results(args.out, results)

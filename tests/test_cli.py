@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from pluralign.cli import app
+from pluralign.encoders.precomputed import save_vectors
 
 runner = CliRunner()
 
@@ -117,6 +119,41 @@ def test_train_eval_adapt_score(synth_dir, tmp_path):
     ranked = json.loads(result.stdout)
     assert [r["rank"] for r in ranked] == [1, 2]
     assert ranked[0]["reward"] >= ranked[1]["reward"]
+
+
+def test_score_ranks_the_response_the_user_clearly_prefers_first(tmp_path):
+    """Two users with opposite tastes along one axis: ``alpha`` always picks the item nearer (+2, 0, 0, 0),
+    ``beta`` the item nearer (-2, 0, 0, 0). Asked about the two extreme items, each user's favourite must
+    rank first whatever the order the responses are given in, so the two users get opposite rankings."""
+    rng = np.random.default_rng(0)
+    names = [f"item-{i}" for i in range(60)]
+    vectors = rng.normal(size=(60, 4)).astype(np.float32)
+    save_vectors(tmp_path / "vectors.npz", names, vectors)
+    ideal = {"alpha": np.array([2.0, 0, 0, 0]), "beta": np.array([-2.0, 0, 0, 0])}
+    rows = []
+    for user, point in ideal.items():
+        for _ in range(300):
+            i, j = rng.choice(60, size=2, replace=False)
+            near_i = np.linalg.norm(vectors[i] - point) < np.linalg.norm(vectors[j] - point)
+            chosen, rejected = (i, j) if near_i else (j, i)
+            rows.append({"user_id": user, "prompt": "", "chosen": names[chosen], "rejected": names[rejected]})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    result = invoke("train", tmp_path / "train.jsonl", "--out", run, "--model", "pal-a", "--k", 2,
+                    "--epochs", 80, "--f-layers", 1, "--lr-maps", 5e-3, "--lr-prototypes", 5e-2,
+                    "--lr-users", 5e-2, "--encoder", tmp_path / "vectors.npz")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    east, west = names[int(vectors[:, 0].argmax())], names[int(vectors[:, 0].argmin())]
+    for user, favourite in (("alpha", east), ("beta", west)):
+        other = west if favourite == east else east
+        distance = {n: np.linalg.norm(vectors[names.index(n)] - ideal[user]) for n in (east, west)}
+        assert distance[favourite] < distance[other] - 1.0  # the planted truth: clearly preferred
+        for order in ((east, west), (west, east)):
+            result = invoke("score", run, "--user", user, "-r", order[0], "-r", order[1], "--json")
+            assert result.exit_code == 0, result.output
+            ranked = json.loads(result.stdout)
+            assert [r["response"] for r in ranked] == [favourite, other]
+            assert ranked[0]["reward"] > ranked[1]["reward"]
 
 
 def test_bad_input_exits_2_with_location_and_writes_nothing(tmp_path, synth_dir):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +311,41 @@ def test_unreadable_file(tmp_path: Path) -> None:
             read_preferences(path)
     finally:
         path.chmod(0o600)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_or_a_directory_in_place_of_the_file_is_refused_even_as_root(tmp_path: Path) -> None:
+    """Neither can be read as a file by any user; opening a FIFO would block until a writer comes."""
+    fifo = tmp_path / "secret.jsonl"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            read_preferences(fifo)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    if worker.is_alive():  # blocked in open(): give it a writer that closes at once, so it ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=30)
+        pytest.fail("read_preferences blocked on a FIFO")
+    assert isinstance(outcome[0], DataError)
+    assert re.search(r"secret\.jsonl: cannot read file: not a regular file \(a FIFO\)", str(outcome[0]))
+
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    expected = r"folder\.jsonl: cannot read file: is a directory, not a \.jsonl file"
+    with pytest.raises(DataError, match=expected):
+        read_preferences(folder)
+    for name in ("table.parquet", "rows.csv"):
+        (tmp_path / name).mkdir()
+        with pytest.raises(DataError, match=rf"{re.escape(name)}: cannot read file: is a directory"):
+            read_preferences(tmp_path / name)
 
 
 CSV_CASES = [

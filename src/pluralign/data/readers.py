@@ -142,13 +142,28 @@ def _has_carriage_return(frame: pd.DataFrame) -> bool:
 # format detection
 # ========================================================================================================
 def _raw_from_path(path: Path, where: str) -> Raw:
+    suffix = path.suffix.lower()
+    known = JSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES
     if path.is_dir():
-        return raw_from_hf_dir(path, where)
+        try:
+            return raw_from_hf_dir(path, where)
+        except DataError:
+            if suffix not in known:
+                raise
+            # named like a file: say so rather than only that it is no saved dataset
+            raise DataError(
+                f"cannot read file: is a directory, not a {suffix} file (nor a dataset saved by datasets' "
+                "save_to_disk)",
+                path=where,
+            ) from None
     if not path.exists():
         raise DataError("no such file or directory", path=where)
-    suffix = path.suffix.lower()
-    if suffix not in JSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES:
+    if suffix not in known:
         raise DataError(f"unknown file type '{path.suffix}' ({KNOWN_TYPES})", path=where)
+    if not path.is_file():
+        # Opening a FIFO blocks until some writer appears, and devices or sockets are no data files.
+        kind = "a FIFO" if path.is_fifo() else "a socket" if path.is_socket() else "a device or special file"
+        raise DataError(f"cannot read file: not a regular file ({kind})", path=where)
     if suffix in PARQUET_SUFFIXES:
         return raw_from_parquet(path, where)
     try:

@@ -33,7 +33,7 @@ from pluralign.errors import CheckpointError, DataError, PluralignError
 from pluralign.estimator.params import TINY_PARAMS, Param, make_init
 from pluralign.models.base import Batch, PreferenceModel, Tables, dropout_rng
 from pluralign.models.mlp import MLPConfig
-from pluralign.training.adaptation import fit_user_weights, weights_to_logits, zero_shot_weights
+from pluralign.training.adaptation import ADAPT_INITS, fit_user_weights, weights_to_logits, zero_shot_weights
 from pluralign.training.losses import PREFIX_LOSSES
 from pluralign.training.trainer import History, TrainConfig, fit, predict_margins
 
@@ -352,7 +352,14 @@ class PALEstimator(BaseEstimator):
         """Few-shot weights of the users in ``data`` with everything shared frozen; the model is unchanged.
 
         Returns one row per user: the weights (w0..w{K-1}) and how many comparisons they rest on.
+        ``adapt_method`` "map" starts at ``zero_shot_weights_`` with ``adapt_ridge`` (our default); "paper"
+        starts at a random point (seeded by ``seed``) with no ridge, as PAL App. D.1. ``ridge`` overrides.
         """
+        init = ADAPT_INITS.get(self.adapt_method)
+        if init is None:
+            raise ValueError(
+                f"unknown adapt_method '{self.adapt_method}', expected one of {list(ADAPT_INITS)}"
+            )
         self.check_fitted()
         data = self.prepare(data)
         present = np.unique(data.user)
@@ -367,9 +374,10 @@ class PALEstimator(BaseEstimator):
             n_users=len(ids),
             prior=self.zero_shot_weights_,
             loss=self.loss,
-            ridge=self.adapt_ridge if ridge is None else ridge,
+            ridge=(0.0 if init == "random" else self.adapt_ridge) if ridge is None else ridge,
             steps=self.adapt_steps,
             seed=self.seed,
+            init=init,
         )
         frame = pd.DataFrame(weights.numpy(), index=ids, columns=[f"w{k}" for k in range(weights.shape[1])])
         frame.index.name = "user_id"

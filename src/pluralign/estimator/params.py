@@ -111,6 +111,14 @@ TINY_PARAMS: tuple[Param, ...] = (
         "new users",
     ),
     P("adapt_steps", 300, int, "Few-shot: solver iterations (PAL-A; PAL-B is solved exactly).", "new users"),
+    P(
+        "adapt_method",
+        "map",
+        str,
+        "Few-shot: map (start at the zero-shot weights, ridge toward them) or paper (random start, no "
+        "ridge: PAL App. D.1).",
+        "new users",
+    ),
     P("progress", False, bool, "Progress bars on stderr.", "run", cli=False),
     P("metrics_path", None, Path | None, "Write per-epoch metrics as JSON lines here.", "run", cli=False),
     P("checkpoint_dir", None, Path | None, "Directory of resumable checkpoints.", "run", cli=False),

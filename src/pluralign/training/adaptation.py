@@ -5,6 +5,12 @@ Per new user u the objective is  sum_j loss(m_j(w_u)) + ridge/2 * ||w_u - w0||^2
 w0 is the zero-shot weight vector: the ridge keeps users with one or two answers near the population.
 PAL-B margins are linear in w, so its problem is convex and solved exactly (training.simplex); other models
 take full-batch Adam steps on the users' logits, all users at once.
+
+Two starting points (``init``): "prior" starts every user at w0 (with the ridge: a MAP estimate, our
+default); "random" starts each user at softmax(z), z ~ N(0, I_K), as the PAL paper does for unseen users
+(App. D.1, D.3.1; the reference code draws ``torch.randn(k)`` logits), and with ``ridge=0`` that is the
+paper's procedure. The draw uses a local ``torch.Generator`` seeded with ``seed``: deterministic, and the
+global RNG is left alone.
 """
 
 from __future__ import annotations
@@ -16,7 +22,19 @@ from pluralign.models.pal_b import PALBModel
 from pluralign.training.losses import get_loss, response_loss
 from pluralign.training.simplex import fit_simplex_weights
 
-__all__ = ["MIN_LOG_WEIGHT", "fit_user_weights", "weights_to_logits", "zero_shot_weights"]
+#: where a few-shot fit starts: the zero-shot prior, or a random point as in the PAL paper (App. D.1)
+INITS = ("prior", "random")
+#: the estimator's ``adapt_method`` and the start it uses: "map" = prior + ridge, "paper" = random, no ridge
+ADAPT_INITS = {"map": "prior", "paper": "random"}
+
+__all__ = [
+    "ADAPT_INITS",
+    "INITS",
+    "MIN_LOG_WEIGHT",
+    "fit_user_weights",
+    "weights_to_logits",
+    "zero_shot_weights",
+]
 
 
 def zero_shot_weights(model: PreferenceModel, seen_users: int | None = None) -> torch.Tensor:
@@ -37,39 +55,73 @@ def fit_user_weights(
     steps: int = 300,
     lr: float = 0.1,
     seed: int = 0,
+    init: str = "prior",
 ) -> torch.Tensor:
     """Weights [n_users, K] for users 0..n_users-1 of ``batch.user`` (indices local to this fit).
 
-    Users with no rows get ``prior``. The model is not modified.
+    ``init`` ("prior" or "random", see the module docstring) is where each user starts; the ridge always
+    pulls toward ``prior``. For PAL-B the problem is solved exactly, so the start only matters with
+    ``ridge=0`` (where the minimizer need not be unique): the solver then starts from the random point.
+    Users with no rows get ``prior``. The model is not modified: its parameters, ``requires_grad`` flags
+    and train/eval modes are as before the call.
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
+    if init not in INITS:
+        raise ValueError(f"unknown init '{init}', expected one of {', '.join(INITS)}")
     loss = response_loss(loss)  # a prefix loss on whole responses is the logistic loss
     k = model.n_prototypes
     prior = prior.detach().double()
     if k == 1 or len(batch) == 0:
         return prior.expand(n_users, k).clone()
     counts = torch.bincount(batch.user, minlength=n_users).double()
+    start_logits = None
+    if init == "random":
+        generator = torch.Generator().manual_seed(seed)
+        start_logits = torch.randn(n_users, k, generator=generator, dtype=torch.float64)
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    if isinstance(model, PALBModel):
-        with torch.no_grad():
-            features = torch.cat(
-                [
-                    model.prototype_margins(batch.take(slice(s, s + 65536)), tables)
-                    for s in range(0, len(batch), 65536)
-                ]
-            )
-        # The solver minimizes the mean loss per user; dividing the ridge by the count gives the sum form.
-        fitted = fit_simplex_weights(
-            features.double(),
-            batch.user,
-            n_users,
-            loss=loss,
-            prior=prior,
-            ridge=ridge / counts.clamp(min=1),
+    try:
+        if isinstance(model, PALBModel):
+            weights = _exact_fit(model, batch, tables, counts, prior, loss, ridge, start_logits)
+        else:
+            weights = _gradient_fit(model, batch, tables, counts, prior, loss, ridge, steps, lr, start_logits)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return torch.where(counts[:, None] > 0, weights, prior.expand(n_users, k))
+
+
+def _exact_fit(
+    model: PALBModel,
+    batch: Batch,
+    tables: Tables,
+    counts: torch.Tensor,
+    prior: torch.Tensor,
+    loss: str,
+    ridge: float,
+    start_logits: torch.Tensor | None,
+) -> torch.Tensor:
+    with torch.no_grad():
+        features = torch.cat(
+            [
+                model.prototype_margins(batch.take(slice(s, s + 65536)), tables)
+                for s in range(0, len(batch), 65536)
+            ]
         )
-        return fitted.weights
-    return _gradient_fit(model, batch, tables, counts, prior, loss, ridge, steps, lr, seed)
+    # The solver starts at its prior argument and pulls toward it: with ridge 0 the pull is gone and only
+    # the start is left, so a random start goes there; with ridge > 0 the minimizer is unique.
+    target = prior if start_logits is None or ridge > 0 else torch.softmax(start_logits, -1)
+    # The solver minimizes the mean loss per user; dividing the ridge by the count gives the sum form.
+    fitted = fit_simplex_weights(
+        features.double(),
+        batch.user,
+        len(counts),
+        loss=loss,
+        prior=target,
+        ridge=ridge / counts.clamp(min=1),
+    )
+    return fitted.weights
 
 
 def _gradient_fit(
@@ -82,11 +134,12 @@ def _gradient_fit(
     ridge: float,
     steps: int,
     lr: float,
-    seed: int,
+    start_logits: torch.Tensor | None,
 ) -> torch.Tensor:
     loss_fn = get_loss(loss)
-    torch.manual_seed(seed)
-    logits = prior.float().clamp(min=1e-12).log().expand(len(counts), -1).clone().requires_grad_(True)
+    if start_logits is None:
+        start_logits = prior.float().clamp(min=1e-12).log().expand(len(counts), -1)
+    logits = start_logits.float().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
