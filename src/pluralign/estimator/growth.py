@@ -436,15 +436,5 @@ def grow_estimator(
         detect_seconds=detect_seconds,
         grow_seconds=step.seconds,
         seconds=time.perf_counter() - start,
-        notes=_notes(step.model),
     )
     return new
-
-
-def _notes(model: PreferenceModel) -> list[str]:
-    if isinstance(model, PALAModel):
-        return [
-            "PAL-A: later few-shot fits start from the zero-shot weights, which are 0 on the new prototypes, "
-            "and Adam on the logits does not leave a zero weight; grow again to place such users"
-        ]
-    return []

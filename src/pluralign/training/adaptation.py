@@ -22,6 +22,8 @@ from pluralign.models.pal_b import PALBModel
 from pluralign.training.losses import get_loss, response_loss
 from pluralign.training.simplex import fit_simplex_weights
 
+#: share of the uniform weights mixed into the prior where a gradient fit (PAL-A, BTL) starts
+START_MIX = 1e-3
 #: where a few-shot fit starts: the zero-shot prior, or a random point as in the PAL paper (App. D.1)
 INITS = ("prior", "random")
 #: the estimator's ``adapt_method`` and the start it uses: "map" = prior + ridge, "paper" = random, no ridge
@@ -138,7 +140,12 @@ def _gradient_fit(
 ) -> torch.Tensor:
     loss_fn = get_loss(loss)
     if start_logits is None:
-        start_logits = prior.float().clamp(min=1e-12).log().expand(len(counts), -1)
+        # Start at the prior mixed with a little of the uniform weights: a weight of exactly 0 (as a grown
+        # model's prior has on its new prototypes) has a zero softmax gradient, and Adam (eps 1e-8) could
+        # never leave it, so those prototypes would be out of every later few-shot fit's reach.
+        k = prior.shape[-1]
+        start = (1 - START_MIX) * prior + START_MIX / k
+        start_logits = start.float().log().expand(len(counts), -1)
     logits = start_logits.float().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
