@@ -148,7 +148,7 @@ def _parse(param: Param, value: Any) -> Any:
         try:
             return base(value)
         except ValueError:
-            raise typer.BadParameter(f"expected a {base.__name__} or 'none', got {value!r}") from None
+            raise typer.BadParameter(f"expected {base.__name__} or 'none', got {value!r}") from None
     return value
 
 
