@@ -233,7 +233,8 @@ def train_single(
     else:
         args, cls = dpo_args(DPOConfig, out, name, settings), PluralDPOTrainer
     model = copy.deepcopy(base)
-    trainer = cls(model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tokenizer)
+    # the pairs carry the reference log-probs; the untouched base is named as the reference, never run
+    trainer = cls(model=model, ref_model=base, args=args, train_dataset=pairs, processing_class=tokenizer)
     start = time.perf_counter()
     result = trainer.train()
     record = {
@@ -280,6 +281,7 @@ def run_em(
         n_types=len(task["types"]),
         n_iterations=settings.em_iterations,
         seed=settings.seed,
+        chat_template="off",  # raw prompts, as the rest of this benchmark scores them
     )
     start = time.perf_counter()
     em.train()

@@ -32,11 +32,6 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 persona_app = typer.Typer(help="The PAL paper's Persona dataset (App. D.4).", no_args_is_help=True)
 app.add_typer(persona_app, name="persona")
-dpo_app = typer.Typer(
-    help="The DPO family on causal LMs (TRL): DPO, MixDPO, EM-DPO with MinMax-Regret Aggregation.",
-    no_args_is_help=True,
-)
-app.add_typer(dpo_app, name="dpo")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -882,54 +877,6 @@ def report(
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
-class DPOMethod(StrEnum):
-    dpo = "dpo"
-    mixdpo_lognormal = "mixdpo-lognormal"
-    mixdpo_gamma = "mixdpo-gamma"
-    em_dpo = "em-dpo"
-
-
-@dpo_app.command("train")
-@command
-def dpo_train(
-    data: Annotated[Path, typer.Argument(help="Rankings (`responses` best first) or pairs; JSONL/Parquet.")],
-    out: Annotated[Path, typer.Option(help="Output folder: model(s), summary.json.")],
-    method: Annotated[DPOMethod, typer.Option(help="Which member of the family.")] = DPOMethod.dpo,
-    model: Annotated[str, typer.Option(help="'smollm2' (bundled) or a local HF model folder.")] = "smollm2",
-    epochs: Annotated[float, typer.Option(help="Epochs (per M-step for em-dpo).")] = 1.0,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    beta: Annotated[float, typer.Option(help="DPO beta (MixDPO: initial mean of beta).")] = 0.1,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 8,
-    types: Annotated[int, typer.Option(help="EM-DPO: number of latent user types.")] = 2,
-    em_iterations: Annotated[int, typer.Option(help="EM-DPO: EM iterations.")] = 2,
-    blocks: Annotated[int, typer.Option(help="Train only the last N decoder blocks (0: all).")] = 2,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank (> 0: LoRA adapters instead of --blocks).")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Align a causal LM on heterogeneous preference data with DPO, MixDPO or EM-DPO."""
-    _setup(verbose)
-    from pluralign.dpo.run import DPORunConfig, train_dpo_family
-
-    config = DPORunConfig(
-        method=method.value,
-        model=model,
-        epochs=epochs,
-        learning_rate=lr,
-        beta=beta,
-        batch_size=batch_size,
-        n_types=types,
-        em_iterations=em_iterations,
-        blocks=blocks,
-        lora_r=lora_r,
-        seed=seed,
-    )
-    summary = train_dpo_family(data, out, config)
-    rows = [{"quantity": k, "value": v} for k, v in summary.items() if k != "history"]
-    print_table(rows, title=f"{method.value} on {data}")
-    console.print(f"wrote {out}", highlight=False, soft_wrap=True)
-
-
 BENCHMARKS = {
     "synthetic": "PAL Sec. 4.2: seen-user accuracy for K = 1..5 (K* = 3) and the few-shot curve.",
     "few-shot": "Exact batched few-shot solver vs batched Adam and per-user SLSQP.",
@@ -969,3 +916,8 @@ for _name, _summary in BENCHMARKS.items():
 
 def main() -> None:  # pragma: no cover - console entry
     app()
+
+
+from pluralign.cli.dpo import dpo_app  # noqa: E402  (the `dpo` commands; cli.dpo imports only cli.common)
+
+app.add_typer(dpo_app, name="dpo")
