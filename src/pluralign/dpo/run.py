@@ -132,8 +132,10 @@ def _dpo_args(config: DPORunConfig, out: Path, cls: Any, **extra: Any) -> Any:
         logging_steps=config.logging_steps,
         gradient_checkpointing=False,
         precompute_ref_log_probs=True,
-        # TRL defaults to bf16, which needs a GPU; on CPU train in float32
+        # TRL defaults to bf16 even with use_cpu, and accelerate then leaves the model's forward wrapped in
+        # bf16 autocast after training: on CPU train (and score afterwards) in float32
         use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
         **extra,
     )
 
