@@ -210,3 +210,26 @@ def test_one_pair_left_over_in_the_last_batch(tmp_path):
     assert trainer.state.global_step == 2
     logged = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
     assert len(logged) == 2 and all(0.0 <= h["rewards/accuracies"] <= 1.0 for h in logged)
+
+
+def test_unsupported_versions_fail_with_one_line(monkeypatch):
+    from pluralign.dpo import compat
+    from pluralign.errors import PluralignError
+
+    compat.check_versions()  # the installed stack is supported
+    fake = {
+        "trl": "0.29.1",
+        "transformers": "5.23.0",
+        "peft": None,
+        "accelerate": "1.15.0",
+        "datasets": "6.0",
+    }
+    monkeypatch.setattr(compat, "installed_versions", lambda: fake)
+    with pytest.raises(PluralignError) as info:
+        compat.check_versions()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "trl 0.29.1 is outside the supported >=1.13,<2" in message
+    assert "datasets 6.0 is outside the supported >=5.2,<6" in message and "transformers" not in message
+    with pytest.raises(PluralignError, match="peft is not installed"):
+        compat.check_versions(("peft",))
