@@ -210,7 +210,18 @@ def test_failed_run_leaves_no_folder(tmp_path, model_dir, rankings, monkeypatch)
     out = tmp_path / "runs" / "late"
     with pytest.raises(RuntimeError, match="disk full"):
         invoke("dpo", "train", rankings, "--out", out, "--model", model_dir, "--max-steps", 1)
-    assert not out.exists() and list((tmp_path / "runs").iterdir()) == []
+    # the model was saved before the failure: kept, marked, beside out (and out itself never appears)
+    failed = tmp_path / "runs" / "late.failed"
+    assert not out.exists() and [p.name for p in (tmp_path / "runs").iterdir()] == ["late.failed"]
+    state = json.loads((failed / "FAILED.json").read_text())
+    assert state["error"] == "RuntimeError: disk full" and "model.safetensors" in state["files"]
+    # a failure before anything is saved leaves nothing
+    import pluralign.dpo.run as run_module
+
+    monkeypatch.setattr(run_module, "load_causal_lm", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        invoke("dpo", "train", rankings, "--out", tmp_path / "runs" / "early", "--model", model_dir)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["late.failed"]
     # an existing non-empty folder is refused before any training
     out.mkdir()
     (out / "keep.txt").write_text("x")

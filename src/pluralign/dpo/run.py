@@ -1,7 +1,9 @@
 """One call from a preference file to a trained DPO-family model on disk (what `pluralign dpo train` runs).
 
 The run is built in a staging folder beside ``out`` and renamed into place only when everything is saved,
-so a run that fails leaves no folder (and an existing non-empty ``out`` is refused up front). A share of the
+so ``out`` is never half-written (and an existing non-empty ``out`` is refused up front). A run that fails
+after saving something keeps it, clearly marked, in ``<out>.failed/`` with ``FAILED.json`` (the error);
+one that fails before saving anything leaves no folder. A share of the
 rankings (``holdout``) is kept out of training to report whether training moved the policy
 (:mod:`pluralign.dpo.evaluate`) and, for EM-DPO, to compute the MMRA values on unseen prompts.
 """
@@ -161,9 +163,30 @@ def train_dpo_family(data: str | Path, out: str | Path, config: DPORunConfig) ->
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(staging, out)
+    except BaseException as exc:
+        _keep_partial(staging, out, exc)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _keep_partial(staging: Path, out: Path, exc: BaseException) -> None:
+    """Move what a failed run saved to ``<out>.failed/`` with FAILED.json; nothing saved: nothing kept."""
+    if not staging.is_dir() or not any(staging.iterdir()):
+        return
+    failed = out.with_name(out.name + ".failed")
+    try:
+        atomic_write_json(
+            staging / "FAILED.json",
+            {"error": f"{type(exc).__name__}: {exc}", "files": sorted(p.name for p in staging.iterdir())},
+        )
+        if failed.exists():
+            shutil.rmtree(failed)
+        os.replace(staging, failed)
+        log.error("the run failed; what it had saved is in %s (see FAILED.json)", failed)
+    except OSError:  # keeping the partial state must not hide the original error
+        log.exception("could not keep the partial run in %s", failed)
 
 
 def _versions() -> dict[str, str | None]:
