@@ -106,7 +106,8 @@ class EMDPOTrainer:
     then splits users into T equal groups by how well it explains them (the worst-explained users seed the
     minority types); "random" draws them from a flat Dirichlet. Fitted attributes: ``posteriors_`` (users x
     types frame), ``eta_``, ``history_`` (per iteration: mean log-likelihood, eta, assignment changes),
-    and after :meth:`mmra` ``mmra_`` (weights, values, regret; saved in ``em_dpo.json``).
+    ``optimizer_steps_`` (summed over all M-steps), and after :meth:`mmra` ``mmra_`` (weights, values,
+    regret; saved in ``em_dpo.json``).
 
     ``chat_template`` ("auto", "on", "off"): how prompts and responses are formatted
     (:mod:`pluralign.dpo.formatting`); ``chat_template_`` holds the resolved choice.
@@ -150,6 +151,7 @@ class EMDPOTrainer:
         self.eta_: np.ndarray | None = None
         self.history_: list[dict[str, Any]] = []
         self.mmra_: dict[str, Any] | None = None
+        self.optimizer_steps_ = 0  # over every M-step (the pooled initial fit included)
 
     # --- policies -------------------------------------------------------------------------------------
     def _build_policies(self, model: Any, peft_config: Any) -> None:
@@ -276,6 +278,7 @@ class EMDPOTrainer:
                 processing_class=self.tokenizer,
             )
             trainer.train()
+            self.optimizer_steps_ += trainer.state.global_step
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
