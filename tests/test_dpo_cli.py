@@ -59,6 +59,8 @@ def test_train_methods(tmp_path, model_dir, rankings, method):
         5e-3,
         "--epochs",
         1,
+        "--holdout",
+        0,
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -76,7 +78,10 @@ def test_train_methods(tmp_path, model_dir, rankings, method):
 
 def test_bad_input(tmp_path, model_dir, rankings):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"user_id": "u", "responses": ["a", "b"]}\n{"user_id": "u", "responses": ["a"]}\n')
+    bad.write_text(
+        '{"user_id": "u", "prompt": "q", "responses": ["a", "b"]}\n'
+        '{"user_id": "u", "prompt": "q", "responses": ["a"]}\n'
+    )
     result = invoke("dpo", "train", bad, "--out", tmp_path / "o", "--model", model_dir)
     assert result.exit_code == 2
     assert f"{bad}:2: field 'responses'" in result.output.replace("\n", "")

@@ -173,3 +173,63 @@ def test_mixdpo_is_reproducible(tmp_path):
         trainer.train()
         losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
     assert losses[0] == losses[1]
+
+
+def test_mixdpo_resume_restores_beta(tmp_path):
+    # a checkpoint holds beta_distribution.json; train(resume_from_checkpoint=True) restores it first
+    args = config(
+        MixDPOConfig,
+        tmp_path,
+        max_steps=2,
+        beta_distribution="gamma",
+        beta_learning_rate=0.5,
+        save_strategy="steps",
+        save_steps=1,
+    )
+    first = make(MixDPOTrainer, args)
+    first.train()
+    saved = json.loads((tmp_path / "checkpoint-2" / "beta_distribution.json").read_text())
+    start = BetaDistribution("gamma", mean=0.5, spread=0.5).params()
+    assert any(abs(saved["params"][k] - float(v.detach())) > 1e-4 for k, v in start.items())  # it moved
+    again = make(MixDPOTrainer, args)
+    assert again.beta_stats()["mean"] == pytest.approx(0.5)  # fresh
+    again.train(resume_from_checkpoint=True)  # already at max_steps: restores, trains no further
+    for name, value in saved["params"].items():
+        assert getattr(again.beta_distribution, name).item() == pytest.approx(value, rel=1e-6)
+    with pytest.raises(ValueError, match="a gamma distribution"):
+        make(
+            MixDPOTrainer, config(MixDPOConfig, tmp_path, beta_distribution="lognormal")
+        ).load_beta_distribution(tmp_path / "checkpoint-2")
+
+
+def test_one_pair_left_over_in_the_last_batch(tmp_path):
+    # 9 pairs at batch 8: the last batch holds 1 pair (it used to crash in the metrics gather)
+    rows = [{**ROWS[i % len(ROWS)], "prompt": f"question {i % 8} : "} for i in range(9)]
+    trainer = make(PluralDPOTrainer, config(tmp_path=tmp_path, num_train_epochs=1), rows=rows)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    logged = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
+    assert len(logged) == 2 and all(0.0 <= h["rewards/accuracies"] <= 1.0 for h in logged)
+
+
+def test_unsupported_versions_fail_with_one_line(monkeypatch):
+    from pluralign.dpo import compat
+    from pluralign.errors import PluralignError
+
+    compat.check_versions()  # the installed stack is supported
+    fake = {
+        "trl": "0.29.1",
+        "transformers": "5.23.0",
+        "peft": None,
+        "accelerate": "1.15.0",
+        "datasets": "6.0",
+    }
+    monkeypatch.setattr(compat, "installed_versions", lambda: fake)
+    with pytest.raises(PluralignError) as info:
+        compat.check_versions()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "trl 0.29.1 is outside the supported >=1.13,<2" in message
+    assert "datasets 6.0 is outside the supported >=5.2,<6" in message and "transformers" not in message
+    with pytest.raises(PluralignError, match="peft is not installed"):
+        compat.check_versions(("peft",))

@@ -35,11 +35,6 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 persona_app = typer.Typer(help="The PAL paper's Persona dataset (App. D.4).", no_args_is_help=True)
 app.add_typer(persona_app, name="persona")
-dpo_app = typer.Typer(
-    help="The DPO family on causal LMs (TRL): DPO, MixDPO, EM-DPO with MinMax-Regret Aggregation.",
-    no_args_is_help=True,
-)
-app.add_typer(dpo_app, name="dpo")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -6,7 +6,9 @@
   ``MixDPOConfig``, drop-in replacements for ``trl.DPOTrainer`` / ``trl.DPOConfig``;
 - EM-DPO: ``EMDPOTrainer`` (latent preference types, one policy or LoRA adapter per type) and MinMax-Regret
   Aggregation (``min_max_regret``, ``MixturePolicy``) to serve users whose type is unknown;
-- data: rankings (``responses`` best first) and pairs, validated, as HF datasets.
+- data: rankings (``responses`` best first) and pairs, validated, as HF datasets; one chat-template policy
+  for training and generation (``formatting``);
+- artifacts: every saved policy loads with the standard Auto classes; ``load_em_dpo`` restores an EM-DPO run.
 
 The trainers import TRL, so they load lazily: ``from pluralign.dpo import MixDPOTrainer`` needs the
 ``dpo`` extra (``pip install 'pluralign[dpo]'``); the losses need only torch.
@@ -24,7 +26,7 @@ from pluralign.dpo.losses import (
     mixdpo_gamma_loss,
     mixdpo_lognormal_loss,
 )
-from pluralign.dpo.mmra import MinMaxRegret, min_max_regret
+from pluralign.dpo.mmra import MinMaxRegret, min_max_regret, mmra_values
 
 _LAZY = {
     "PluralDPOTrainer": "pluralign.dpo.trainers",
@@ -34,6 +36,8 @@ _LAZY = {
     "MixturePolicy": "pluralign.dpo.em",
     "read_rankings": "pluralign.dpo.data",
     "load_smollm2": "pluralign.dpo.models",
+    "load_em_dpo": "pluralign.dpo.artifacts",
+    "load_policy": "pluralign.dpo.artifacts",
 }
 
 __all__ = [
@@ -46,11 +50,14 @@ __all__ = [
     "PluralDPOTrainer",
     "beta_distribution_stats",
     "dpo_loss",
+    "load_em_dpo",
+    "load_policy",
     "load_smollm2",
     "log_mean_sigmoid_gamma",
     "min_max_regret",
     "mixdpo_gamma_loss",
     "mixdpo_lognormal_loss",
+    "mmra_values",
     "read_rankings",
 ]
 

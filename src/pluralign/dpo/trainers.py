@@ -1,33 +1,46 @@
 """TRL trainers for the DPO family: swap ``DPOTrainer`` for one of these and keep everything else.
 
 - :class:`PluralDPOTrainer`: TRL's DPO (sigmoid loss) with optional per-example weights (a
-  ``sample_weight`` column, used by EM-DPO's M-step) and pre-tokenized / pre-scored datasets accepted as is.
+  ``sample_weight`` column, used by EM-DPO's M-step) and reference log-probs carried in the dataset.
 - :class:`MixDPOTrainer` + :class:`MixDPOConfig`: MixDPO, where beta is a learned distribution
   (LogNormal by Monte Carlo, Gamma in closed form) trained jointly with the policy; its mean and spread are
   logged every step and saved next to the model (``beta_distribution.json``).
 
 Both compute the policy margin
 delta = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))
-exactly as TRL does (same collator, same completion mask, reference log-probs precomputed or from the
-reference model / disabled adapter) and change only the per-pair loss, so accelerate, PEFT, gradient
-accumulation, logging and checkpointing all come from TRL and transformers unchanged.
+on TRL's own tokenization and collator (same completion mask; reference log-probs from the dataset, TRL's
+precompute, the reference model or the disabled adapter) and change only the per-pair loss, so accelerate,
+PEFT, gradient accumulation, logging and checkpointing all come from TRL and transformers unchanged.
+
+Only public extension points are used: ``compute_loss``, ``log``, ``prediction_step``, ``create_optimizer``,
+``save_model`` and ``train`` (MixDPO's beta on resume), the ``data_collator`` attribute, TRL's public
+``compute_ref_log_probs``, and config fields set before ``DPOTrainer.__init__`` (``remove_unused_columns``
+when weights ride along, ``precompute_ref_log_probs`` off when the dataset already carries reference
+log-probs). The supported TRL versions are checked once (:mod:`pluralign.dpo.compat`).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from trl import DPOConfig, DPOTrainer
 
-from pluralign.atomic import atomic_write_json
-from pluralign.dpo.logps import sequence_logps
-from pluralign.dpo.losses import PARAM_NAMES, BetaDistribution
+from pluralign.dpo.compat import check_versions
+
+check_versions()
+
+from trl import DPOConfig, DPOTrainer  # noqa: E402  (after the version check: one clear line, not a traceback)
+
+from pluralign.atomic import atomic_write_json  # noqa: E402
+from pluralign.dpo.logps import sequence_logps  # noqa: E402
+from pluralign.dpo.losses import PARAM_NAMES, BetaDistribution  # noqa: E402
 
 __all__ = ["WEIGHT_COLUMN", "MixDPOConfig", "MixDPOTrainer", "PluralDPOTrainer"]
 
@@ -35,8 +48,8 @@ log = logging.getLogger(__name__)
 
 WEIGHT_COLUMN = "sample_weight"
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 BETA_FILE = "beta_distribution.json"
+_SIGNATURE = inspect.signature(DPOTrainer.__init__)
 
 
 def _check_supported(args: DPOConfig) -> None:
@@ -50,6 +63,10 @@ def _check_supported(args: DPOConfig) -> None:
             raise ValueError(f"{name} is not supported by pluralign's DPO trainers")
     if args.label_smoothing:
         raise ValueError("label_smoothing is not supported by pluralign's DPO trainers")
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
 class _WeightedCollator:
@@ -71,49 +88,53 @@ class PluralDPOTrainer(DPOTrainer):
 
     A ``sample_weight`` column (>= 0) weights each pair's loss: the batch loss is
     sum_i w_i l_i / (batch size * mean weight over the training set), so the weights change the relative
-    importance of examples but not the overall step size. Datasets may arrive pre-tokenized
-    (``prompt_ids``, ``chosen_ids``, ``rejected_ids``) and with reference log-probs
-    (``ref_chosen_logps``, ``ref_rejected_logps``): both are used as is, which lets EM-DPO tokenize and
-    score the reference once for all its M-steps. Other columns (``user_id``, ...) are carried in the
-    dataset and ignored by the loss.
+    importance of examples but not the overall step size (the column reaches the collator because
+    ``remove_unused_columns`` is turned off for such a dataset). A dataset may carry reference log-probs
+    (``ref_chosen_logps``, ``ref_rejected_logps``, e.g. from :func:`pluralign.dpo.data.pairs_dataset`): they
+    are used as is and TRL's own precompute is skipped; then pass the reference model as ``ref_model`` (it is
+    not run) or train a PEFT model, so TRL does not load a second copy. Other columns (``user_id``, ...) ride
+    along and are ignored by the loss.
     """
 
+    # transformers: the loss returned by compute_loss is a per-batch mean, so it divides by the accumulation
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        config = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
-        if config is not None:
-            _check_supported(config)
-        super().__init__(*args, **kwargs)
-        self.data_collator = _WeightedCollator(self.data_collator)
+        bound = _SIGNATURE.bind(None, *args, **kwargs)
+        params = bound.arguments
+        config = params.get("args")
+        if config is None:
+            raise TypeError(f"{type(self).__name__} needs args=DPOConfig(...)")
+        _check_supported(config)
+        dataset = params.get("train_dataset")
+        columns = set(getattr(dataset, "column_names", None) or [])
         self._weight_scale = 1.0
-        columns = getattr(self.train_dataset, "column_names", None) or []
         if WEIGHT_COLUMN in columns:
-            weights = torch.as_tensor(self.train_dataset[WEIGHT_COLUMN], dtype=torch.float64)
+            weights = torch.as_tensor(dataset[WEIGHT_COLUMN], dtype=torch.float64)
             if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
                 raise ValueError(f"'{WEIGHT_COLUMN}' must be finite and >= 0")
             mean = float(weights.mean())
             if mean <= 0:
                 raise ValueError(f"'{WEIGHT_COLUMN}' is 0 for every example: nothing to train on")
             self._weight_scale = 1.0 / mean
-
-    # --- dataset handling -----------------------------------------------------------------------------
-    def _prepare_dataset(
-        self, dataset: Any, processing_class: Any, args: DPOConfig, dataset_name: str
-    ) -> Any:
-        columns = getattr(dataset, "column_names", None) or []
-        if all(c in columns for c in TOKEN_COLUMNS):
-            return dataset  # already tokenized (the same way TRL does, see pluralign.dpo.data)
-        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-
-    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
-        columns = getattr(dataset, "column_names", None) or []
-        if all(c in columns for c in REF_COLUMNS):
-            return dataset
-        return super()._precompute_ref_logps(dataset, name, batch_size)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if self._signature_columns is not None and WEIGHT_COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, WEIGHT_COLUMN]
+            if config.remove_unused_columns:
+                config = replace(config, remove_unused_columns=False)
+        if set(REF_COLUMNS) <= columns:
+            no_reference = params.get("ref_model") is None and params.get("peft_config") is None
+            if no_reference and not _is_peft(params["model"]):
+                raise ValueError(
+                    "the dataset carries reference log-probs (ref_chosen_logps / ref_rejected_logps): pass "
+                    "the reference model as ref_model (it is not run), or drop the columns for TRL to compute"
+                )
+            if config.precompute_ref_log_probs:
+                config = replace(config, precompute_ref_log_probs=False)
+        params["args"] = config
+        super().__init__(*bound.args[1:], **bound.kwargs)
+        self.data_collator = _WeightedCollator(self.data_collator)
+        self.batch_metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
 
     # --- the loss -------------------------------------------------------------------------------------
     def policy_margin(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,24 +169,35 @@ class PluralDPOTrainer(DPOTrainer):
         return (loss, {"delta": delta}) if return_outputs else loss
 
     def _log_batch(self, delta: torch.Tensor, ratios: torch.Tensor, weights: torch.Tensor | None) -> None:
-        mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        gathered = self.accelerator.gather_for_metrics(delta)
+        metrics = self.batch_metrics["train" if self.model.training else "eval"]
         if weights is None:
             weights = torch.ones_like(delta)
-        weights = self.accelerator.gather_for_metrics(weights.to(delta.dtype))
+        # gather_for_metrics drops the duplicated samples of the last, uneven batch along dim 0, so gather one
+        # value per pair ([B] tensors): a [2, B] tensor would be cut to its first row
+        gather = self.accelerator.gather_for_metrics
+        gathered, weights = gather(delta), gather(weights.to(delta.dtype))
+        chosen, rejected = gather(ratios[0].contiguous()), gather(ratios[1].contiguous())
         # weighted by the examples' weights: for an EM-DPO M-step, the accuracy on the type's own users
         correct = ((gathered > 0).to(delta.dtype) * weights).sum() / weights.sum().clamp_min(1e-12)
         metrics["rewards/accuracies"].append(correct.item())
         metrics["rewards/margins"].append(self.beta * gathered.mean().item())
-        chosen, rejected = self.accelerator.gather_for_metrics(ratios).unbind(0)
         metrics["rewards/chosen"].append(self.beta * chosen.mean().item())
         metrics["rewards/rejected"].append(self.beta * rejected.mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the means of the batch metrics since the last log (``eval_`` prefixed in evaluation)."""
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        pending = self.batch_metrics[mode]
+        logs.update({f"{prefix}{k}": sum(v) / len(v) for k, v in pending.items() if v})
+        pending.clear()
+        super().log(logs, start_time)
 
     def prediction_step(
         self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
     ) -> tuple[torch.Tensor, None, None]:
-        inputs = self._prepare_inputs(inputs)
+        device = self.accelerator.device
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
@@ -240,9 +272,9 @@ class MixDPOTrainer(PluralDPOTrainer):
 
     def pair_loss(self, delta: torch.Tensor) -> torch.Tensor:
         per_pair = self.beta_distribution.loss(delta.float(), generator=self._beta_generator)
-        mode = "train" if self.model.training else "eval"
+        metrics = self.batch_metrics["train" if self.model.training else "eval"]
         for key, value in self.beta_stats().items():
-            self._metrics[mode][f"beta/{key}"].append(value)
+            metrics[f"beta/{key}"].append(value)
         return per_pair
 
     def _beta_state(self) -> dict[str, Any]:
@@ -255,11 +287,28 @@ class MixDPOTrainer(PluralDPOTrainer):
             target = Path(output_dir or self.args.output_dir)
             atomic_write_json(target / BETA_FILE, self._beta_state())
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = Path(resume_from_checkpoint) / BETA_FILE
-        if path.is_file():
-            state = json.loads(path.read_text())
-            with torch.no_grad():
-                for name, value in state["params"].items():
-                    getattr(self.beta_distribution, name).fill_(value)
+    def load_beta_distribution(self, folder: str | Path) -> bool:
+        """Restore the beta distribution saved in ``folder`` (checkpoint or saved model); False if none."""
+        path = Path(folder) / BETA_FILE
+        if not path.is_file():
+            return False
+        state = json.loads(path.read_text())
+        if state.get("kind") != self.beta_distribution.kind:
+            kind = self.beta_distribution.kind
+            raise ValueError(f"{path}: a {state.get('kind')} distribution, this trainer's is {kind}")
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                getattr(self.beta_distribution, name).fill_(value)
+        return True
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; on resume, the beta distribution is restored from the checkpoint first."""
+        if resume_from_checkpoint:
+            folder = resume_from_checkpoint
+            if isinstance(folder, bool):
+                from transformers.trainer_utils import get_last_checkpoint
+
+                folder = get_last_checkpoint(self.args.output_dir)
+            if folder is not None:
+                self.load_beta_distribution(folder)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
