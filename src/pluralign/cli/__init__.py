@@ -1,10 +1,10 @@
 """The `pluralign` command line (typer). It parses and prints; the work is in the library.
 
-    common    the apps, consoles, errors as one line, output, shared options, derived hyperparameter options
-    train     train, select-k                      data      synth, persona build, embed
-    use       eval, adapt, grow, score, ask        service   serve, score-remote
-    runs      demo, report, bench NAME             datasets  datasets polis
-    dpo       dpo train, dpo generate
+common    the apps, consoles, errors as one line, output, shared options, derived hyperparameter options
+train     train, select-k                      data      synth, persona build, embed
+use       eval, adapt, grow, score, ask        service   serve, score-remote
+runs      demo, report, bench NAME             datasets  datasets polis
+dpo       dpo train, dpo generate
 """
 
 from __future__ import annotations

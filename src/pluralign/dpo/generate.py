@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pluralign.errors import PluralignError
+from pluralign.models.base import seeded_rng
 
 __all__ = ["PolicyRun", "generate", "generate_text", "load_run", "select_policy"]
 
@@ -125,8 +126,7 @@ def generate_text(
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),

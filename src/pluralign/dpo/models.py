@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pluralign.errors import PluralignError
+from pluralign.models.base import seeded_rng
 
 __all__ = [
     "SMOLLM2_GGUF",
@@ -120,8 +121,7 @@ def tiny_causal_lm(vocab_size: int, *, hidden_size: int = 32, layers: int = 2, s
         max_position_embeddings=256,
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_rng(seed):
         return LlamaForCausalLM(config)
 
 

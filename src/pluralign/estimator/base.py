@@ -31,7 +31,7 @@ from pluralign.encoders import EmbeddingCache, Encoder, embed_data, embed_texts,
 from pluralign.encoders.spec import encoder_from_spec, encoder_spec
 from pluralign.errors import CheckpointError, DataError, PluralignError
 from pluralign.estimator.params import TINY_PARAMS, Param, make_init
-from pluralign.models.base import Batch, PreferenceModel, Tables, dropout_rng
+from pluralign.models.base import Batch, PreferenceModel, Tables, seeded_rng
 from pluralign.models.mlp import MLPConfig
 from pluralign.training.adaptation import ADAPT_INITS, fit_user_weights, weights_to_logits, zero_shot_weights
 from pluralign.training.losses import PREFIX_LOSSES
@@ -235,7 +235,7 @@ class PALEstimator(BaseEstimator):
                     len(val),
                 )
             val_part = (self.to_batch(val.subset(known), rows[known]), self.to_tables(val))
-        with dropout_rng(self.seed):
+        with seeded_rng(self.seed):
             if self.loss in PREFIX_LOSSES:  # needs token-level features: the cumulative-loss loop
                 from pluralign.training.large import fit_tiny_prefixes
 

@@ -33,7 +33,7 @@ from pluralign.errors import CheckpointError, DataError, PluralignError
 from pluralign.estimator.base import DataLike, PALEstimator
 from pluralign.estimator.params import LARGE_PARAMS
 from pluralign.estimator.tiny import PALA, PALB
-from pluralign.models.base import dropout_rng
+from pluralign.models.base import seeded_rng
 from pluralign.models.encoder import TextTower, TowerEncoder
 from pluralign.training.adaptation import zero_shot_weights
 from pluralign.training.large import LargeConfig, TowerSource, fit_large
@@ -130,7 +130,7 @@ class _LargeMixin:
                 lambda: source.encode(val_items, val_contexts, n_val_contexts),
             )
         batch = self.to_batch(train, self.user_rows(train))
-        with dropout_rng(self.seed):
+        with seeded_rng(self.seed):
             self.history_ = fit_large(self.model_, source, batch, val_part, config)
         self.model_.cpu()
         tower.cpu()

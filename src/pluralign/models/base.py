@@ -24,11 +24,12 @@ def weights_to_logits(weights: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def dropout_rng(seed: int) -> Iterator[None]:
-    """Seed the RNG that dropout draws from (torch's default CPU generator: ``nn.Dropout`` takes no
-    generator) for one training run, and give the process back its own RNG state afterwards, so training
-    is reproducible without reseeding the caller's process. Resumable checkpoints save and restore this
-    state inside the block. Not for concurrent use with other threads drawing from the default generator."""
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with torch's default CPU generator seeded by ``seed`` and give the process back its own
+    RNG state afterwards. For what takes no generator argument: ``nn.Dropout`` during training, Hugging
+    Face model construction and sampling. The caller's random stream is unchanged (nothing reseeds it);
+    resumable checkpoints save and restore this state inside the block. Not for concurrent use with
+    other threads that draw from the default generator."""
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.set_state(torch.Generator().manual_seed(seed).get_state())
         yield
