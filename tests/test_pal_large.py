@@ -33,7 +33,8 @@ from pluralign.estimator_large import PALALarge, PALBLarge
 from pluralign.models.base import Batch
 from pluralign.models.encoder import TextTower
 from pluralign.models.pal_b import PALBModel
-from pluralign.training.large import LargeConfig, TowerSource, _rows_loss, fit_large
+from pluralign.training.config import TrainConfig
+from pluralign.training.large import TowerSource, _rows_loss, fit_large
 from pluralign.training.losses import get_loss, prefix_pairs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -103,7 +104,7 @@ def test_large_step_decreases_loss_and_moves_encoder(tiny_bert):
 
     before_encoder = {k: v.clone() for k, v in tower.state_dict().items()}
     before = loss_now()
-    config = LargeConfig(
+    config = TrainConfig(
         epochs=1, batch_size=len(batch), max_steps=1, lr_maps=1e-2, encoder_lr=1e-3, progress=False
     )
     history = fit_large(model, source, batch, None, config)
@@ -128,7 +129,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_bert):
         torch.manual_seed(0)
         model = PALBModel(data.n_users, 2, tower.dim, tower.dim, dim=8)
         source = TowerSource(tower, tower.tokenize(data.items), tower.tokenize(data.contexts))
-        config = LargeConfig(
+        config = TrainConfig(
             epochs=1, batch_size=batch_size, grad_accum_steps=accum, max_steps=1, progress=False, seed=3
         )
         fit_large(model, source, batch, None, config)

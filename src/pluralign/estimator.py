@@ -269,7 +269,9 @@ class PALEstimator:
                 self.model_, train, train_part, val_part, config, self.get_encoder(), self.cache_dir
             )
         else:
-            self.history_ = fit(self.model_, train_part, val_part, config)
+            from pluralign.training.resume import checkpoint_callbacks
+
+            self.history_ = fit(self.model_, train_part, val_part, config, checkpoint_callbacks(config))
         self.zero_shot_weights_ = zero_shot_weights(self.model_, self.n_seen_users_)
         return self
 

@@ -34,7 +34,8 @@ from pluralign.errors import CheckpointError, DataError, PluralignError
 from pluralign.estimator import PALA, PALB, DataLike, PALEstimator
 from pluralign.models.encoder import TextTower, TowerEncoder
 from pluralign.training.adaptation import zero_shot_weights
-from pluralign.training.large import LargeConfig, TowerSource, fit_large
+from pluralign.training.config import TrainConfig
+from pluralign.training.large import TowerSource, fit_large
 
 ENCODER_DIR = "encoder"
 #: Large's own defaults for parameters the Tiny estimators share (PAL App. D.3, Table 4)
@@ -139,8 +140,8 @@ class _LargeMixin:
     def prepare(self, data: DataLike) -> PreferenceData:
         return super().prepare(self._texts(data))
 
-    def _large_config(self) -> LargeConfig:
-        return LargeConfig.from_train_config(
+    def _large_config(self) -> TrainConfig:
+        return replace(
             self.train_config(),
             encoder_lr=self.encoder_lr,
             encoder_wd=self.encoder_wd,
@@ -153,15 +154,16 @@ class _LargeMixin:
 
     # --- fitting ----------------------------------------------------------------------------------------
     def fit(self, train: DataLike, val: DataLike | None = None, *, resume: bool = False) -> PALEstimator:
-        """Fine-tune the encoder with the shared maps, prototypes and every training user's weights."""
-        if resume or getattr(self, "checkpoint_dir", None):
-            raise PluralignError(f"{type(self).__name__} does not support resumable checkpoints yet")
+        """Fine-tune the encoder with the shared maps, prototypes and every training user's weights.
+
+        ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` (same data and settings).
+        """
         if self.context_encoder is not None:
             raise PluralignError(
                 f"{type(self).__name__} embeds prompts with its own trainable encoder: "
                 "leave context_encoder None"
             )
-        config = self._large_config()
+        config = replace(self._large_config(), resume=resume)
         train = self._texts(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
