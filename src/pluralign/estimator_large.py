@@ -4,7 +4,8 @@
     PALBLarge(encoder="path/to/hf-model", loss="cumulative", grad_accum_steps=4, precision="bf16")
 
 They are the Tiny estimators (same heads, same prediction, few-shot and serving code) with a trainable
-text tower in front (``models/encoder.py``) and the Large fit loop (``training/large.py``). Separate
+text tower in front (``models/encoder.py``), trained by the one fit loop (``training/trainer.py``) with
+the tower's feed (``training/large.py``); checkpoints and ``resume`` work as for Tiny. Separate
 classes rather than a flag on PALA/PALB because Large has its own hyperparameters (encoder learning rate,
 token limit, gradient accumulation, precision, device) and its own checkpoint content, while the Tiny
 estimators keep exactly their parameters, defaults and code paths; the paper names them the same way.
