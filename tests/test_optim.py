@@ -16,6 +16,7 @@ from pluralign.models.btl import BTLModel
 from pluralign.models.mlp import MLPConfig
 from pluralign.models.pal_a import PALAModel
 from pluralign.models.pal_b import PALBModel
+from pluralign.training.config import Callback
 from pluralign.training.optim import LazyRowsAdamW
 from pluralign.training.trainer import TrainConfig, epoch_order, fit, make_optimizer
 
@@ -117,20 +118,14 @@ def test_lazy_rows_match_adamw_on_the_steps_that_touch_each_row(wd):
     torch.testing.assert_close(dense.detach(), reference.detach(), rtol=1e-12, atol=1e-14)
 
 
-class _Snapshots:
+class _Snapshots(Callback):
     """A fit-loop callback keeping the user table after every step."""
 
     def __init__(self, model):
         self.model, self.tables = model, [model.user_logits.detach().clone()]
 
-    def on_train_begin(self, run):
-        pass
-
     def on_step_end(self, run):
         self.tables.append(self.model.user_logits.detach().clone())
-
-    def on_epoch_end(self, run):
-        pass
 
 
 @pytest.mark.parametrize("wd_users", [0.0, 0.05])

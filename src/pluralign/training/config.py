@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -142,11 +141,18 @@ class Run:
         return self.state.elapsed + time.perf_counter() - self.started
 
 
-class Callback(Protocol):
-    """Hooks of the fit loop. ``on_train_begin`` may replace ``run.state`` (resume)."""
+class Callback:
+    """Hooks of the fit loop (each a no-op here; override what you need). ``on_train_begin`` may replace
+    ``run.state`` (resume). ``checkpoints``: this callback writes resumable checkpoints (the loop refuses a
+    ``config.checkpoint_dir`` that no callback serves)."""
 
-    def on_train_begin(self, run: Run) -> None: ...
+    checkpoints: bool = False
 
-    def on_step_end(self, run: Run) -> None: ...
+    def on_train_begin(self, run: Run) -> None:
+        """Before the first step (after the optimizer is built)."""
 
-    def on_epoch_end(self, run: Run) -> None: ...
+    def on_step_end(self, run: Run) -> None:
+        """After each optimizer step; ``run.state`` counts it."""
+
+    def on_epoch_end(self, run: Run) -> None:
+        """After each epoch's record (and early-stopping update) is in ``run.state.history``."""

@@ -36,7 +36,7 @@ from safetensors.torch import save as save_tensors
 
 from pluralign.atomic import TMP_PREFIX, atomic_write, atomic_write_json
 from pluralign.errors import CheckpointError
-from pluralign.training.config import History, Run, TrainConfig, TrainState
+from pluralign.training.config import Callback, History, Run, TrainConfig, TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -272,14 +272,13 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-class Checkpointer:
+class Checkpointer(Callback):
     """The fit loop's checkpoint callback: restore on resume; save every N steps and/or seconds, on rank 0.
 
     A fresh run (``config.resume`` False) first deletes the directory's older checkpoints, so it never
     mixes with an earlier run's states.
     """
 
-    #: the fit loop refuses a ``checkpoint_dir`` unless a callback says it checkpoints
     checkpoints = True
 
     def __init__(self, config: TrainConfig) -> None:
@@ -308,9 +307,6 @@ class Checkpointer:
     def on_step_end(self, run: Run) -> None:
         if self.due(run):
             self.save(run)
-
-    def on_epoch_end(self, run: Run) -> None:
-        pass
 
     def save(self, run: Run) -> Path:
         path = save_train_state(self.directory, run)

@@ -205,7 +205,7 @@ def train_loop(
     ``config.checkpoint_dir`` needs a callback that checkpoints (``training.resume.Checkpointer``).
     """
     config = config or TrainConfig()
-    if config.checkpoint_dir and not any(getattr(cb, "checkpoints", False) for cb in callbacks):
+    if config.checkpoint_dir and not any(cb.checkpoints for cb in callbacks):
         raise ValueError(
             "config.checkpoint_dir is set but no callback checkpoints: pass "
             "callbacks=pluralign.training.resume.checkpoint_callbacks(config)"
