@@ -32,7 +32,8 @@ from pluralign.estimator import PALA, PALB, PALALarge, PALBLarge, PALEstimator
 from pluralign.models.base import Batch
 from pluralign.models.encoder import TextTower
 from pluralign.models.pal_b import PALBModel
-from pluralign.training.large import LargeConfig, TowerSource, _rows_loss, fit_large
+from pluralign.training.config import TrainConfig
+from pluralign.training.large import TowerSource, _rows_loss, fit_large
 from pluralign.training.losses import get_loss, prefix_pairs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -102,7 +103,7 @@ def test_large_step_decreases_loss_and_moves_encoder(tiny_bert):
 
     before_encoder = {k: v.clone() for k, v in tower.state_dict().items()}
     before = loss_now()
-    config = LargeConfig(
+    config = TrainConfig(
         epochs=1, batch_size=len(batch), max_steps=1, lr_maps=1e-2, encoder_lr=1e-3, progress=False
     )
     history = fit_large(model, source, batch, None, config)
@@ -127,7 +128,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_bert):
         torch.manual_seed(0)
         model = PALBModel(data.n_users, 2, tower.dim, tower.dim, dim=8)
         source = TowerSource(tower, tower.tokenize(data.items), tower.tokenize(data.contexts))
-        config = LargeConfig(
+        config = TrainConfig(
             epochs=1, batch_size=batch_size, grad_accum_steps=accum, max_steps=1, progress=False, seed=3
         )
         fit_large(model, source, batch, None, config)
@@ -445,3 +446,109 @@ def test_cli_train_encoder_trainable(tiny_bert, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "--encoder-trainable is for pal-a and pal-b" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _state(est) -> dict[str, torch.Tensor]:
+    heads = {f"head.{k}": v for k, v in est.model_.state_dict().items()}
+    return heads | {f"tower.{k}": v for k, v in est.encoder_.tower.state_dict().items()}
+
+
+def _without_seconds(epochs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+
+
+def test_large_in_process_crash_and_resume_match(tiny_bert, tmp_path, monkeypatch):
+    """PAL-Large checkpoints the tower too: a crashed and resumed fit ends bit-identical to one that ran
+    through (dropout in the tower, gradient accumulation, the cumulative loss, validation)."""
+    from pluralign.training import resume as resume_module
+
+    frame = toy_frame()
+    params = dict(n_prototypes=2, encoder=str(tiny_bert), max_length=32, loss="cumulative", seed=2)
+    params |= {**LARGE, "epochs": 4, "batch_size": 4, "grad_accum_steps": 2, "patience": 3}
+    reference = PALBLarge(**params).fit(frame, val=frame.head(16))
+    params |= {"checkpoint_dir": tmp_path / "ckpt", "checkpoint_every": 5}
+    original, saves = resume_module.Checkpointer.save, [0]
+
+    def crash_on_third(self, run):
+        path = original(self, run)
+        saves[0] += 1
+        if saves[0] == 3:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(resume_module.Checkpointer, "save", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        PALBLarge(**params).fit(frame, val=frame.head(16))
+    monkeypatch.undo()
+    resumed = PALBLarge(**params).fit(frame, val=frame.head(16), resume=True)
+    assert _without_seconds(resumed.history_.epochs) == _without_seconds(reference.history_.epochs)
+    want, got = _state(reference), _state(resumed)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    with pytest.raises(CheckpointError, match=r"other training settings \(encoder_lr: 0.001 -> 0.002\)"):
+        PALBLarge(**{**params, "encoder_lr": 2e-3}).fit(frame, val=frame.head(16), resume=True)
+
+
+@pytest.mark.slow
+def test_large_cli_sigkill_then_resume_is_bit_identical(tiny_bert, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    toy_frame().to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    toy_frame(4, 4).to_json(tmp_path / "val.jsonl", orient="records", lines=True)
+    options = [
+        str(tmp_path / "train.jsonl"),
+        "--val",
+        str(tmp_path / "val.jsonl"),
+        "--encoder",
+        str(tiny_bert),
+    ]
+    options += ["--encoder-trainable", "--k", "2", "--dim", "8", "--epochs", "30", "--batch-size", "4"]
+    options += ["--grad-accum-steps", "2", "--max-length", "32", "--encoder-lr", "1e-3", "--lr-maps", "3e-3"]
+    options += ["--patience", "25", "--seed", "4"]  # 6 steps an epoch, 180 in all
+    runner = CliRunner()
+    reference = tmp_path / "reference"
+    result = runner.invoke(app, ["train", *options, "--out", str(reference)])
+    assert result.exit_code == 0, result.output
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the tests' thread count
+    command = [sys.executable, "-m", "pluralign.cli", "train", *options, "--out", str(run)]
+    proc = subprocess.Popen(
+        [*command, "--checkpoint-every", "10"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def newest() -> int:
+        return max((int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("state-*.json")), default=0)
+
+    try:
+        deadline = time.monotonic() + 300
+        # past epoch 4: the history, the best epoch's weights (heads and tower) and patience are saved
+        while newest() < 30 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 30 <= newest() < 180 and not (run / "model").exists()
+
+    result = runner.invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+
+    def metrics(path: Path) -> list[dict]:
+        return _without_seconds([json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()])
+
+    assert metrics(run) == metrics(reference) and len(metrics(run)) > 6  # past the kill
+    for weights in ("model/model.safetensors", "model/encoder/model.safetensors"):
+        got, want = load_file(run / weights), load_file(reference / weights)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert torch.equal(got[name], want[name]), (weights, name)
+    assert json.loads((run / "train.json").read_text())["status"] == "finished"

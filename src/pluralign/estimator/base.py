@@ -35,6 +35,7 @@ from pluralign.models.base import Batch, PreferenceModel, Tables, seeded_rng
 from pluralign.models.mlp import MLPConfig
 from pluralign.training.adaptation import ADAPT_INITS, fit_user_weights, weights_to_logits, zero_shot_weights
 from pluralign.training.losses import PREFIX_LOSSES
+from pluralign.training.resume import checkpoint_callbacks
 from pluralign.training.trainer import History, TrainConfig, fit, predict_margins
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class PALEstimator(BaseEstimator):
 
     def user_rows(self, data: PreferenceData) -> np.ndarray:
         """Model row of each comparison's user; -1 for users the model does not know."""
-        return _rows_of(self.users_, data)
+        return rows_of(self.users_, data)
 
     def to_batch(self, data: PreferenceData, users: np.ndarray) -> Batch:
         """Index tensors of ``data``'s rows, with ``users`` (one model row per comparison) as user index."""
@@ -215,7 +216,7 @@ class PALEstimator(BaseEstimator):
             raise DataError("no training comparisons", path=train.source)
         users = pd.Index(train.user_ids[np.unique(train.user)].astype(str))
         model = self.build_model(len(users), train.item_dim, train.context_dim)
-        train_part = (self.to_batch(train, _rows_of(users, train)), self.to_tables(train))
+        train_part = (self.to_batch(train, rows_of(users, train)), self.to_tables(train))
         val_part = None
         if val is not None:
             val = self._embed(val, train.context_dim)
@@ -225,7 +226,7 @@ class PALEstimator(BaseEstimator):
                     f"but the training data has item={train.item_dim}, context={train.context_dim}",
                     path=val.source,
                 )
-            rows = _rows_of(users, val)
+            rows = rows_of(users, val)
             known = rows >= 0
             if not known.all():
                 logger.warning(
@@ -243,7 +244,7 @@ class PALEstimator(BaseEstimator):
                     model, train, train_part, val_part, config, self.get_encoder(), self.cache_dir
                 )
             else:
-                history = fit(model, train_part, val_part, config)
+                history = fit(model, train_part, val_part, config, checkpoint_callbacks(config))
         self.model_, self.users_, self.n_seen_users_ = model, users, len(users)
         self.item_dim_, self.context_dim_ = train.item_dim, train.context_dim
         self.history_: History = history
@@ -505,6 +506,6 @@ class PALEstimator(BaseEstimator):
         return est
 
 
-def _rows_of(users: pd.Index, data: PreferenceData) -> np.ndarray:
+def rows_of(users: pd.Index, data: PreferenceData) -> np.ndarray:
     """Position in ``users`` of each comparison's user; -1 where absent."""
     return users.get_indexer(pd.Index(data.user_ids.astype(str)))[data.user]

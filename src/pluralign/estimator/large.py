@@ -4,7 +4,8 @@
     PALBLarge(encoder="path/to/hf-model", loss="cumulative", grad_accum_steps=4, precision="bf16")
 
 They are the Tiny estimators (same heads, same prediction, few-shot and serving code) with a trainable
-text tower in front (``models/encoder.py``) and the Large fit loop (``training/large.py``). Separate
+text tower in front (``models/encoder.py``), trained by the one fit loop (``training/trainer.py``) with
+the tower's feed (``training/large.py``); checkpoints and ``resume`` work as for Tiny. Separate
 classes rather than a flag on PALA/PALB because Large has its own hyperparameters (encoder learning rate,
 token limit, gradient accumulation, precision, device) and its own checkpoint content, while the Tiny
 estimators keep exactly their parameters, defaults and code paths; the paper names them the same way.
@@ -30,13 +31,13 @@ from pluralign.data.readers import read_preferences
 from pluralign.encoders import EmbeddingCache, SentenceTransformerEncoder
 from pluralign.encoders.spec import VECTOR_SUFFIXES, encoder_spec
 from pluralign.errors import CheckpointError, DataError, PluralignError
-from pluralign.estimator.base import DataLike, PALEstimator
+from pluralign.estimator.base import DataLike, PALEstimator, rows_of
 from pluralign.estimator.params import LARGE_PARAMS
 from pluralign.estimator.tiny import PALA, PALB
 from pluralign.models.base import seeded_rng
 from pluralign.models.encoder import TextTower, TowerEncoder
 from pluralign.training.adaptation import zero_shot_weights
-from pluralign.training.large import LargeConfig, TowerSource, fit_large
+from pluralign.training.large import TowerSource, fit_large
 
 ENCODER_DIR = "encoder"
 
@@ -80,30 +81,20 @@ class _LargeMixin:
     def prepare(self, data: DataLike) -> PreferenceData:
         return super().prepare(self._texts(data))
 
-    def _large_config(self) -> LargeConfig:
-        return LargeConfig.from_train_config(
-            self.train_config(),
-            encoder_lr=self.encoder_lr,
-            encoder_wd=self.encoder_wd,
-            grad_accum_steps=self.grad_accum_steps,
-            max_grad_norm=self.max_grad_norm,
-            precision=self.precision,
-            device=self.device,
-            max_steps=self.max_steps,
-        )
-
     # --- fitting ----------------------------------------------------------------------------------------
     def fit(self, train: DataLike, val: DataLike | None = None, *, resume: bool = False) -> PALEstimator:
-        """Fine-tune the encoder with the shared maps, prototypes and every training user's weights."""
-        if resume or getattr(self, "checkpoint_dir", None):
-            raise PluralignError(f"{type(self).__name__} does not support resumable checkpoints yet")
+        """Fine-tune the encoder with the shared maps, prototypes and every training user's weights.
+
+        ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` (same data and settings).
+        """
         if self.context_encoder is not None:
             raise PluralignError(
                 f"{type(self).__name__} embeds prompts with its own trainable encoder: "
                 "leave context_encoder None"
             )
         self.reset()
-        config = self._large_config()
+        # every TrainConfig field is a hyperparameter of this class (encoder_lr, grad_accum_steps, ...)
+        config = replace(self.train_config(), resume=resume)
         train = self._texts(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
@@ -111,32 +102,34 @@ class _LargeMixin:
         with_context = not (train.contexts == "").all()
         items = tower.tokenize(train.items)
         contexts = tower.tokenize(train.contexts) if with_context else None
-        present = train.users_present()
-        self.users_ = pd.Index(train.user_ids[present].astype(str))
-        self.n_seen_users_ = len(self.users_)
-        self.item_dim_, self.context_dim_ = tower.dim, tower.dim if with_context else 0
-        self.model_ = self.build_model(self.n_seen_users_, self.item_dim_, self.context_dim_)
+        users = pd.Index(train.user_ids[train.users_present()].astype(str))
+        item_dim, context_dim = tower.dim, tower.dim if with_context else 0
+        model = self.build_model(len(users), item_dim, context_dim)
         source = TowerSource(tower, items, contexts)
         val_part = None
         if val is not None:
             val = self._texts(val)
-            users = self.user_rows(val)
-            known = users >= 0
+            rows = rows_of(users, val)
+            known = rows >= 0
             val_items = tower.tokenize(val.items)
             val_contexts = tower.tokenize(val.contexts) if with_context else None
             n_val_contexts = len(val.contexts)
             val_part = (
-                self.to_batch(val.subset(known), users[known]),
+                self.to_batch(val.subset(known), rows[known]),
                 lambda: source.encode(val_items, val_contexts, n_val_contexts),
             )
-        batch = self.to_batch(train, self.user_rows(train))
+        batch = self.to_batch(train, rows_of(users, train))
         with seeded_rng(self.seed):
-            self.history_ = fit_large(self.model_, source, batch, val_part, config)
-        self.model_.cpu()
+            history = fit_large(model, source, batch, val_part, config)
+        model.cpu()
         tower.cpu()
+        # fitted state only now that training succeeded
+        self.model_, self.users_, self.n_seen_users_ = model, users, len(users)
+        self.item_dim_, self.context_dim_ = item_dim, context_dim
+        self.history_ = history
         self.encoder_ = TowerEncoder(tower)
         self.cache_ = None
-        self.zero_shot_weights_ = zero_shot_weights(self.model_, self.n_seen_users_)
+        self.zero_shot_weights_ = zero_shot_weights(model, len(users))
         return self
 
     # --- persistence ------------------------------------------------------------------------------------

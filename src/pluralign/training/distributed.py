@@ -8,7 +8,8 @@ loss over the global batch, so training follows the single-process trajectory up
 Why one flat all-reduce rather than wrapping the model in ``DistributedDataParallel``: the models are
 called through ``margins`` (not ``forward``), BTL has a frozen user table, and a step touches only some
 users' rows. The dense user-table gradient is all-reduced as is (zeros for the users a step does not
-touch): that keeps every rank's optimizer state identical, which sparse updates would not.
+touch); the lazy user update (training/optim.py) then moves the users of the *global* batch, which every
+rank knows, so every rank's weights and optimizer state stay identical.
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
 """Resumable training: the whole state of the fit loop, checkpointed atomically into a directory.
 
-A checkpoint is two files named by the global step, ``state-<step>.safetensors`` (model, best-epoch model,
-optimizer tensors, RNG states, the running epoch sums) and ``state-<step>.json`` (position in the data,
-history, early-stopping counters, optimizer hyperparameters, the training config, a fingerprint of the
-data and the sha256 of the tensor file). Each is written to a temp file, fsynced and renamed; the JSON goes
-last and is the commit record, so a kill at any moment leaves the previous checkpoint intact. The last two
-are kept. No pickle: torch optimizer state dicts are flattened into named tensors plus JSON.
+The fit loop (training/trainer.py) knows nothing of files: ``Checkpointer`` is one of its callbacks. It
+restores a run in ``on_train_begin`` (``config.resume``) and saves after the steps that are due.
+
+A checkpoint is two files named by the global step, ``state-<step>.safetensors`` (every trained module,
+i.e. the model and, for PAL-Large, the text encoder; the best-epoch weights; optimizer tensors; RNG states;
+the running epoch sums) and ``state-<step>.json`` (position in the data, history, early-stopping counters,
+optimizer and loss-scaler hyperparameters, the training config, a fingerprint of the data and the sha256
+of the tensor file). Each is written to a temp file, fsynced and renamed; the JSON goes last and is the
+commit record, so a kill at any moment leaves the previous checkpoint intact. The last two are kept. No
+pickle: torch optimizer state dicts are flattened into named tensors plus JSON.
 
 The data position is (epoch, steps done in it) plus the shuffling generator's state at the start of that
 epoch: the epoch's order is regenerated on resume instead of stored (320 MB at 40M rows). Together with the
-global torch RNG (dropout) and the optimizer moments, a resumed run repeats the uninterrupted run's
-arithmetic exactly, so on CPU with the same thread count it ends bit-identical.
+global torch RNG (dropout) and the optimizer moments (the lazy user table's per-row step counts included),
+a resumed run repeats the uninterrupted run's arithmetic exactly, so on CPU with the same thread count it
+ends bit-identical.
 """
 
 from __future__ import annotations
@@ -31,58 +36,18 @@ from safetensors.torch import save as save_tensors
 
 from pluralign.atomic import TMP_PREFIX, atomic_write, atomic_write_json
 from pluralign.errors import CheckpointError
-from pluralign.models.base import Batch, Tables
-from pluralign.training.distributed import DistContext
-from pluralign.training.trainer import History, TrainConfig
+from pluralign.training.config import Callback, History, Run, TrainConfig, TrainState
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "pluralign-train-state"
-VERSION = 1
+#: 2: modules by name (model., encoder.), the lazy user optimizer's per-row state, the loss scaler
+VERSION = 2
 KEEP = 2
 _NAME = re.compile(r"^state-(\d{10})\.json$")
 #: TrainConfig fields that do not change the arithmetic of training (may differ on resume)
 NON_TRAJECTORY = {"epochs", "progress", "metrics_path", "checkpoint_dir", "checkpoint_every"}
 NON_TRAJECTORY |= {"checkpoint_seconds", "resume"}
-
-
-@dataclasses.dataclass
-class TrainState:
-    """Where a fit loop is: ``step`` steps of ``epoch`` (1-based) are done."""
-
-    epoch: int
-    step: int
-    global_step: int
-    #: state of the shuffling generator at the start of ``epoch`` (its order is regenerated from it)
-    generator_state: torch.Tensor
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    history: History
-    best_state: dict[str, torch.Tensor] | None
-    stale: int
-    elapsed: float
-
-
-def data_fingerprint(train: tuple[Batch, Tables], val: tuple[Batch, Tables] | None) -> str:
-    """sha256 of the index arrays and table shapes (plus up to 256 sampled vectors of each table).
-
-    Resuming on other data would silently train on a mix; this catches a changed file or split.
-    """
-    digest = hashlib.sha256()
-    for part in (train, val):
-        if part is None:
-            digest.update(b"none")
-            continue
-        batch, tables = part
-        for tensor in batch:
-            digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-            digest.update(tensor.contiguous().numpy())
-        for table in tables:
-            digest.update(str(tuple(table.shape)).encode())
-            if len(table):
-                rows = torch.linspace(0, len(table) - 1, min(len(table), 256)).long()
-                digest.update(table[rows].contiguous().numpy())
-    return digest.hexdigest()
 
 
 def trajectory_config(config: TrainConfig) -> dict[str, Any]:
@@ -129,32 +94,35 @@ def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.
     return {f"{prefix}{k}": v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
-def save_train_state(
-    directory: str | Path,
-    state: TrainState,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    config: TrainConfig,
-    fingerprint: str,
-    world_size: int = 1,
-) -> Path:
-    """Write a checkpoint of ``state`` (atomically, JSON last) and drop all but the newest ``KEEP``."""
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return tensors
+
+
+def save_train_state(directory: str | Path, run: Run) -> Path:
+    """Write a checkpoint of ``run`` (atomically, JSON last) and drop all but the newest ``KEEP``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    optim_tensors, optim_meta = flatten_optimizer(optimizer)
+    state = run.state
+    optim_tensors, optim_meta = flatten_optimizer(run.optimizer)
     tensors = {
-        **_prefixed("model.", model.state_dict()),
-        **_prefixed("best.", state.best_state or {}),
-        **{k: v.detach().clone() for k, v in optim_tensors.items()},
-        "rng.torch": torch.get_rng_state(),
+        **{k: v for name, m in run.modules.items() for k, v in _prefixed(f"{name}.", m.state_dict()).items()},
+        **{
+            k: v
+            for name, best in (state.best_state or {}).items()
+            for k, v in _prefixed(f"best.{name}.", best).items()
+        },
+        **{k: v.detach().cpu().clone() for k, v in optim_tensors.items()},
+        **_rng_tensors(),
         "rng.generator": state.generator_state,
-        "epoch.loss_sum": state.loss_sum.detach().clone(),
-        "epoch.correct": state.correct.detach().clone(),
+        "epoch.loss_sum": state.loss_sum.detach().cpu().clone(),
+        "epoch.correct": state.correct.detach().cpu().clone(),
     }
     blob = save_tensors(tensors)
     stem = f"state-{state.global_step:010d}"
     atomic_write(directory / f"{stem}.safetensors", lambda handle: handle.write(blob))
-    history = dataclasses.asdict(state.history)
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -163,14 +131,16 @@ def save_train_state(
         "epoch": state.epoch,
         "step": state.step,
         "global_step": state.global_step,
-        "elapsed": state.elapsed,
+        "elapsed": run.seconds(),
         "stale": state.stale,
+        "modules": sorted(run.modules),
         "has_best": state.best_state is not None,
-        "history": history,
+        "history": dataclasses.asdict(state.history),
         "optimizer": optim_meta,
-        "config": trajectory_config(config),
-        "data_fingerprint": fingerprint,
-        "world_size": world_size,
+        "scaler": run.scaler.state_dict(),
+        "config": trajectory_config(run.config),
+        "data_fingerprint": run.fingerprint,
+        "world_size": run.ddp.world_size,
     }
     atomic_write_json(directory / f"{stem}.json", record)
     _prune(directory, keep_step=state.global_step)
@@ -209,15 +179,9 @@ def has_train_state(directory: str | Path) -> bool:
     return directory.is_dir() and bool(_committed(directory))
 
 
-def load_train_state(
-    directory: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    config: TrainConfig,
-    fingerprint: str,
-    world_size: int = 1,
-) -> TrainState:
-    """Restore model, optimizer and RNGs from the newest checkpoint in ``directory``; return the position.
+def load_train_state(directory: str | Path, run: Run) -> TrainState:
+    """Restore ``run``'s modules, optimizer, loss scaler and RNGs from the newest checkpoint in
+    ``directory``; return the position (the fit loop continues from it).
 
     Any mismatch (another config or data, a damaged file) raises ``CheckpointError`` naming the file.
     """
@@ -244,14 +208,18 @@ def load_train_state(
             f"{path}: training checkpoint version {record.get('version')} is not supported "
             f"(this pluralign reads version {VERSION})"
         )
-    saved_config, current = record.get("config", {}), trajectory_config(config)
+    saved_config, current = record.get("config", {}), trajectory_config(run.config)
     changed = sorted(k for k in current.keys() | saved_config.keys() if saved_config.get(k) != current.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved_config.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise CheckpointError(f"{path}: the checkpoint was written with other training settings ({details})")
-    if record.get("data_fingerprint") != fingerprint:
+    if record.get("data_fingerprint") != run.fingerprint:
         raise CheckpointError(
             f"{path}: the checkpoint was written for other training/validation data (fingerprint mismatch)"
+        )
+    if record.get("modules") != sorted(run.modules):
+        raise CheckpointError(
+            f"{path}: the checkpoint trained {record.get('modules')}, this run trains {sorted(run.modules)}"
         )
     tensor_path = directory / str(record.get("tensors", ""))
     try:
@@ -262,11 +230,18 @@ def load_train_state(
         raise CheckpointError(f"{tensor_path}: checksum mismatch: the file is corrupt or was changed{older}")
     try:
         tensors = load_tensors(blob)
-        model.load_state_dict(_strip(tensors, "model."), strict=True)
-        optimizer.load_state_dict(unflatten_optimizer(tensors, record["optimizer"]))
-        best = _strip(tensors, "best.") if record["has_best"] else None
+        for name, module in run.modules.items():
+            module.load_state_dict(_strip(tensors, f"{name}."), strict=True)
+        run.optimizer.load_state_dict(unflatten_optimizer(tensors, record["optimizer"]))
+        if record["scaler"]:
+            run.scaler.load_state_dict(record["scaler"])
+        best = (
+            {name: _strip(tensors, f"best.{name}.") for name in run.modules} if record["has_best"] else None
+        )
         torch.set_rng_state(tensors["rng.torch"])
-        history = History(**record["history"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
         state = TrainState(
             epoch=int(record["epoch"]),
             step=int(record["step"]),
@@ -274,7 +249,7 @@ def load_train_state(
             generator_state=tensors["rng.generator"],
             loss_sum=tensors["epoch.loss_sum"],
             correct=tensors["epoch.correct"],
-            history=history,
+            history=History(**record["history"]),
             best_state=best,
             stale=int(record["stale"]),
             elapsed=float(record["elapsed"]),
@@ -283,11 +258,11 @@ def load_train_state(
         raise CheckpointError(
             f"{path}: checkpoint does not match the model or is damaged ({exc}){older}"
         ) from None
-    if record.get("world_size", 1) != world_size:
+    if record.get("world_size", 1) != run.ddp.world_size:
         logger.warning(
             "resuming a %d-process run with %d processes: same batches, other float summation order",
             record.get("world_size", 1),
-            world_size,
+            run.ddp.world_size,
         )
     logger.info("resuming from %s: epoch %d, step %d", path, state.epoch, state.step)
     return state
@@ -297,49 +272,48 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-class Checkpointer:
-    """The fit loop's checkpoint policy: when to save (every N steps and/or seconds), on rank 0 only."""
+class Checkpointer(Callback):
+    """The fit loop's checkpoint callback: restore on resume; save every N steps and/or seconds, on rank 0.
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        train: tuple[Batch, Tables],
-        val: tuple[Batch, Tables] | None,
-        ddp: DistContext,
-    ) -> None:
+    A fresh run (``config.resume`` False) first deletes the directory's older checkpoints, so it never
+    mixes with an earlier run's states.
+    """
+
+    checkpoints = True
+
+    def __init__(self, config: TrainConfig) -> None:
         if not config.checkpoint_dir:
             raise ValueError("Checkpointer needs config.checkpoint_dir")
         self.directory = Path(config.checkpoint_dir)
-        self.config, self.model, self.optimizer, self.ddp = config, model, optimizer, ddp
-        self.fingerprint = data_fingerprint(train, val)
+        self.config = config
         self.last = time.monotonic()
-        if not config.resume and ddp.is_main:
-            clear_train_state(self.directory)  # a fresh run must never mix with an older run's states
 
-    def due(self, global_step: int) -> bool:
-        if not self.ddp.is_main:
+    def on_train_begin(self, run: Run) -> None:
+        self.last = time.monotonic()
+        if self.config.resume:
+            run.state = load_train_state(self.directory, run)
+        elif run.ddp.is_main:
+            clear_train_state(self.directory)
+
+    def due(self, run: Run) -> bool:
+        if not run.ddp.is_main:
             return False
         every, seconds = self.config.checkpoint_every, self.config.checkpoint_seconds
         return bool(
-            (every and global_step % every == 0) or (seconds and time.monotonic() - self.last >= seconds)
+            (every and run.state.global_step % every == 0)
+            or (seconds and time.monotonic() - self.last >= seconds)
         )
 
-    def save(self, state: TrainState) -> Path:
-        path = save_train_state(
-            self.directory,
-            state,
-            self.model,
-            self.optimizer,
-            self.config,
-            self.fingerprint,
-            self.ddp.world_size,
-        )
+    def on_step_end(self, run: Run) -> None:
+        if self.due(run):
+            self.save(run)
+
+    def save(self, run: Run) -> Path:
+        path = save_train_state(self.directory, run)
         self.last = time.monotonic()
         return path
 
-    def load(self) -> TrainState:
-        return load_train_state(
-            self.directory, self.model, self.optimizer, self.config, self.fingerprint, self.ddp.world_size
-        )
+
+def checkpoint_callbacks(config: TrainConfig) -> list[Checkpointer]:
+    """The fit-loop callbacks ``config`` asks for: a ``Checkpointer`` when it has a ``checkpoint_dir``."""
+    return [Checkpointer(config)] if config.checkpoint_dir else []

@@ -1,89 +1,114 @@
-"""Fit loop: index-based shuffled batches, AdamW with a learning rate per parameter group, early stopping
-on validation accuracy, tqdm progress and per-epoch metrics as JSON lines. Optionally checkpointed for
-exact resumption (training/resume.py) and data parallel under torch.distributed (training/distributed.py)."""
+"""The fit loop of every model: index-based shuffled batches, AdamW with a learning rate per parameter
+group (training/optim.py), early stopping on validation accuracy, tqdm progress and per-epoch metrics as
+JSON lines, data parallel under torch.distributed (training/distributed.py).
+
+What varies between models is how a step turns its rows into a loss, a ``Feed``:
+
+    TableFeed            PAL-Tiny: margins over fixed tables of item and context vectors
+    large.SourceFeed     PAL-Large: the rows' texts re-embedded by the trainable tower on every step
+                         (its ``module`` trains too, with its own learning rate); also the per-prefix
+                         (cumulative) loss over prefix tables, for Tiny and Large
+
+A step is ``grad_accum_steps`` micro-batches (optionally under autocast). Checkpointing hangs off the loop
+as a ``Callback`` (``training.resume.Checkpointer``); this module does not import it.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from pluralign.models.base import Batch, PreferenceModel, Tables
+from pluralign.training.config import Callback, History, Run, TrainConfig, TrainState
 from pluralign.training.distributed import DistContext
-from pluralign.training.losses import LossFn, accuracy, get_loss
+from pluralign.training.losses import LossFn, get_loss
+from pluralign.training.optim import make_optimizer
+
+__all__ = [
+    "Feed",
+    "History",
+    "TableFeed",
+    "TrainConfig",
+    "autocast_dtype",
+    "epoch_order",
+    "fit",
+    "make_optimizer",
+    "predict_margins",
+    "train_loop",
+]
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainConfig:
-    """Optimization settings. Defaults follow PAL App. D.2: lr 5e-4 / weight decay 1e-3 for the shared
-    maps, lr 5e-3 for prototypes and user weights."""
-
-    loss: str = "logistic"
-    epochs: int = 100
-    batch_size: int = 1024
-    lr_maps: float = 5e-4
-    wd_maps: float = 1e-3
-    lr_prototypes: float = 5e-3
-    wd_prototypes: float = 0.0
-    lr_users: float = 5e-3
-    wd_users: float = 0.0
-    #: stop after this many epochs without a better validation accuracy (None: never stop early)
-    patience: int | None = 10
-    min_delta: float = 0.0
-    max_grad_norm: float | None = None
-    #: build each batch from runs of this many rows sharing a context (None: plain shuffle); see epoch_order
-    rows_per_context: int | None = None
-    eval_batch_size: int = 65536
-    seed: int = 0
-    progress: bool = True
-    metrics_path: str | None = None
-    #: directory of resumable checkpoints (None: no checkpoints); see pluralign.training.resume
-    checkpoint_dir: str | None = None
-    #: checkpoint every this many optimizer steps and/or seconds (None: not by that measure)
-    checkpoint_every: int | None = None
-    checkpoint_seconds: float | None = None
-    #: continue from the newest checkpoint in checkpoint_dir (an error if there is none)
-    resume: bool = False
-
-    def __post_init__(self) -> None:
-        get_loss(self.loss)
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_maps", "lr_prototypes", "lr_users"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.rows_per_context is not None and self.rows_per_context < 1:
-            raise ValueError(f"rows_per_context must be >= 1 or None, got {self.rows_per_context}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
-        if self.checkpoint_seconds is not None and not self.checkpoint_seconds > 0:
-            raise ValueError(f"checkpoint_seconds must be > 0 or None, got {self.checkpoint_seconds}")
-        if (self.checkpoint_every or self.checkpoint_seconds or self.resume) and not self.checkpoint_dir:
-            raise ValueError("checkpoint_every, checkpoint_seconds and resume need a checkpoint_dir")
+#: validation data: a batch and its tables, or a function giving them (PAL-Large embeds with the tower)
+ValData = tuple[Batch, Tables | Callable[[], Tables]]
 
 
-@dataclass
-class History:
-    epochs: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_val_accuracy: float | None = None
-    stopped_early: bool = False
-    seconds: float = 0.0
-    comparisons_per_second: float = 0.0
-    #: optimizer steps in one epoch over the training data (None: not recorded, e.g. older checkpoints)
-    steps_per_epoch: int | None = None
+class Feed(Protocol):
+    """How a step gets its vectors and loss."""
+
+    #: a trainable encoder trained with the model (its own parameter group), or None
+    module: nn.Module | None
+
+    def rows_loss(
+        self, model: PreferenceModel, rows: Batch, loss_fn: LossFn
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss of ``rows`` and their full-response margins (detached, for the accuracy)."""
+        ...
+
+    def fingerprint_tensors(self) -> Iterable[torch.Tensor]:
+        """Tensors that identify the training data beyond the index arrays (for resume checks)."""
+        ...
+
+
+class TableFeed:
+    """PAL-Tiny: fixed tables of item and context vectors."""
+
+    module = None
+
+    def __init__(self, tables: Tables) -> None:
+        self.tables = tables
+
+    def rows_loss(
+        self, model: PreferenceModel, rows: Batch, loss_fn: LossFn
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        margin = model.margins(rows, self.tables)
+        return loss_fn(margin).sum(), margin.detach()
+
+    def fingerprint_tensors(self) -> Iterable[torch.Tensor]:
+        return table_sample(self.tables)
+
+
+def table_sample(tables: Tables) -> list[torch.Tensor]:
+    """Each table's shape and up to 256 evenly spaced rows (enough to notice other vectors)."""
+    out = []
+    for table in tables:
+        out.append(torch.tensor(table.shape))
+        if len(table):
+            out.append(table[torch.linspace(0, len(table) - 1, min(len(table), 256)).long()].cpu())
+    return out
+
+
+def data_fingerprint(parts: Iterable[torch.Tensor | None]) -> str:
+    """sha256 of tensors (shape, dtype and values), None marking an absent part."""
+    digest = hashlib.sha256()
+    for tensor in parts:
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -134,19 +159,16 @@ def epoch_order(
     return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()])
 
 
-def make_optimizer(model: PreferenceModel, config: TrainConfig) -> torch.optim.Optimizer:
-    settings = {
-        "maps": (config.lr_maps, config.wd_maps),
-        "prototypes": (config.lr_prototypes, config.wd_prototypes),
-        "users": (config.lr_users, config.wd_users),
-    }
-    groups = [
-        {"params": params, "lr": settings[name][0], "weight_decay": settings[name][1], "name": name}
-        for name, params in model.param_groups().items()
-        if params
-    ]
-    # foreach=True: one fused update per group instead of a Python loop over tensors.
-    return torch.optim.AdamW(groups, foreach=True)
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None: plain fp32)."""
+    cuda = device.startswith("cuda")
+    if precision == "fp32" or (precision == "auto" and not cuda):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and not cuda:
+        raise ValueError("fp16 autocast needs a CUDA device; use precision='bf16' on CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def fit(
@@ -154,110 +176,137 @@ def fit(
     train: tuple[Batch, Tables],
     val: tuple[Batch, Tables] | None = None,
     config: TrainConfig | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> History:
-    """Train ``model`` in place; with ``val``, keep the weights of the best validation epoch.
+    """Train ``model`` in place on fixed tables; with ``val``, keep the weights of the best validation
+    epoch. ``callbacks``: e.g. ``training.resume.checkpoint_callbacks(config)`` for resumable checkpoints."""
+    device = (config or TrainConfig()).device
+    tables = Tables(*(t.to(device) for t in train[1]))
+    return train_loop(model, train[0], TableFeed(tables), val, config, callbacks)
 
-    Under torch.distributed every rank trains on its shard of each global batch (training/distributed.py);
-    with ``config.checkpoint_dir`` the loop checkpoints and can resume exactly (training/resume.py).
+
+def _correct(margin: torch.Tensor) -> torch.Tensor:
+    """Number of rows ranked right, a tie counting half (``accuracy`` times the row count)."""
+    return (margin > 0).sum() + 0.5 * (margin == 0).sum()
+
+
+def train_loop(
+    model: PreferenceModel,
+    batch: Batch,
+    feed: Feed,
+    val: ValData | None = None,
+    config: TrainConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> History:
+    """Train ``model`` (and ``feed.module``) in place on the rows of ``batch``; see the module docstring.
+
+    With ``val`` the weights of the best validation epoch are kept. Under torch.distributed every rank
+    runs its shard of each step's rows and the gradients are summed over ranks before the optimizer step.
+    ``config.checkpoint_dir`` needs a callback that checkpoints (``training.resume.Checkpointer``).
     """
     config = config or TrainConfig()
+    if config.checkpoint_dir and not any(cb.checkpoints for cb in callbacks):
+        raise ValueError(
+            "config.checkpoint_dir is set but no callback checkpoints: pass "
+            "callbacks=pluralign.training.resume.checkpoint_callbacks(config)"
+        )
     loss_fn = get_loss(config.loss)
-    batch, tables = train
     n = len(batch)
     if n == 0:
         raise ValueError("no training comparisons")
+    device = torch.device(config.device)
+    amp_dtype = autocast_dtype(config.precision, config.device)
+    modules = {"model": model, **({"encoder": feed.module} if feed.module is not None else {})}
     ddp = DistContext.current()
-    ddp.broadcast_parameters(model)
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = make_optimizer(model, config)
+    for module in modules.values():
+        module.to(device)
+        ddp.broadcast_parameters(module)
+    batch = Batch(*(t.to(device) for t in batch))
+    optimizer = make_optimizer(model, config, feed.module)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    lazy = any(group["lazy_rows"] for group in optimizer.param_groups)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    step_rows = config.batch_size * config.grad_accum_steps
+    steps_per_epoch = math.ceil(n / step_rows)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    fingerprint = data_fingerprint([*batch, *feed.fingerprint_tensors(), *_val_fingerprint(val)])
+    zero = torch.zeros((), dtype=torch.float64, device=device)
     history = History(steps_per_epoch=steps_per_epoch)
-    best_state: dict | None = None
-    stale = 0
-    first_epoch, first_step, global_step, elapsed = 1, 0, 0, 0.0
-    loss_sum, correct = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    checkpoints = None
-    if config.checkpoint_dir:
-        from pluralign.training.resume import Checkpointer, TrainState
-
-        checkpoints = Checkpointer(config, model, optimizer, train, val, ddp)
-        if config.resume:
-            state = checkpoints.load()
-            history, best_state, stale, elapsed = state.history, state.best_state, state.stale, state.elapsed
-            history.steps_per_epoch = steps_per_epoch  # absent from checkpoints written before the field
-            first_epoch, first_step, global_step = state.epoch, state.step, state.global_step
-            generator.set_state(state.generator_state)
-            loss_sum, correct = state.loss_sum, state.correct
+    state = TrainState(1, 0, 0, generator.get_state(), zero.clone(), zero.clone(), history, None, 0, 0.0)
+    run = Run(config, modules, optimizer, scaler, ddp, fingerprint, state)
+    for cb in callbacks:
+        cb.on_train_begin(run)
+    state = run.state
+    state.history.steps_per_epoch = steps_per_epoch  # absent from older checkpoints
+    state.loss_sum, state.correct = state.loss_sum.to(device), state.correct.to(device)
+    history = state.history
+    resumed_epoch, resumed_step = state.epoch, state.step
+    generator.set_state(state.generator_state)
     metrics_file = None
     if config.metrics_path and ddp.is_main:
         Path(config.metrics_path).parent.mkdir(parents=True, exist_ok=True)
         metrics_file = open(config.metrics_path, "w")  # noqa: SIM115 - closed in finally
         metrics_file.writelines(json.dumps(record) + "\n" for record in history.epochs)  # resumed epochs
-    start = time.perf_counter()
-    total = config.epochs * steps_per_epoch
     bar = tqdm(
         total=total,
-        initial=min(global_step, total),
+        initial=min(state.global_step, total),
         disable=not config.progress or not ddp.is_main,
         unit="step",
         leave=False,
     )
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+    )
     try:
-        model.train()
-        for epoch in range(first_epoch, config.epochs + 1):
-            epoch_start = time.perf_counter()
+        for epoch in range(resumed_epoch, config.epochs + 1):
+            for module in modules.values():
+                module.train()
+            epoch_start = run.seconds()
             # a checkpoint stores this state and regenerates the epoch's order from it
-            epoch_rng = generator.get_state() if checkpoints else None
-            order = epoch_order(batch.context, config.batch_size, config.rows_per_context, generator)
-            if epoch != first_epoch or first_step == 0:
-                loss_sum = torch.zeros((), dtype=torch.float64)
-                correct = torch.zeros((), dtype=torch.float64)
-            for step in range(first_step if epoch == first_epoch else 0, steps_per_epoch):
-                global_rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-                rows = batch.take(ddp.shard(global_rows))
-                margin = model.margins(rows, tables)
-                if ddp.active:
-                    # each rank's share of the global batch mean; the gradient all-reduce adds them up
-                    per_row = loss_fn(margin)
-                    loss = per_row.sum() / len(global_rows)
-                else:
-                    loss = loss_fn(margin).mean()
+            state.epoch, state.generator_state = epoch, generator.get_state()
+            order = epoch_order(batch.context.cpu(), step_rows, config.rows_per_context, generator)
+            if epoch != resumed_epoch or resumed_step == 0:
+                state.step, state.loss_sum, state.correct = 0, zero.clone(), zero.clone()
+            while state.step < steps_per_epoch and state.global_step < total:
+                global_rows = order[state.step * step_rows : (state.step + 1) * step_rows].to(device)
+                local_rows = ddp.shard(global_rows)  # all of them in one process
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                step_loss, step_correct = zero.clone(), zero.clone()
+                for m in range(0, len(local_rows), config.batch_size):
+                    rows = batch.take(local_rows[m : m + config.batch_size])
+                    with autocast():
+                        loss, margin = feed.rows_loss(model, rows, loss_fn)
+                    # each micro-batch's share of the step's mean loss (over all ranks' rows)
+                    scaler.scale(loss / len(global_rows)).backward()
+                    step_loss += loss.detach().double()
+                    step_correct += _correct(margin.float()).double()
                 if ddp.active:
-                    local = torch.stack([per_row.detach().sum(), _correct(margin.detach()).float()])
-                    totals = ddp.all_reduce_gradients(params, extras=local).double()
-                    loss_sum += totals[0]
-                    correct += totals[1]
+                    extras = torch.stack([step_loss, step_correct]).float()
+                    step_loss, step_correct = ddp.all_reduce_gradients(params, extras=extras).double()
+                state.loss_sum += step_loss
+                state.correct += step_correct
                 if config.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                if not ddp.active:
-                    loss_sum += loss.detach() * len(rows)
-                    correct += accuracy(margin.detach()) * len(rows)
-                global_step += 1
+                # lazy user table: only the users of this step's rows (on every rank) move
+                touched = torch.unique(batch.user[global_rows]) if lazy else None
+                scaler.step(optimizer, rows=touched)
+                scaler.update()
+                state.step += 1
+                state.global_step += 1
                 bar.update(1)
-                if checkpoints is not None and checkpoints.due(global_step):
-                    checkpoints.save(
-                        TrainState(
-                            epoch=epoch,
-                            step=step + 1,
-                            global_step=global_step,
-                            generator_state=epoch_rng,
-                            loss_sum=loss_sum,
-                            correct=correct,
-                            history=history,
-                            best_state=best_state,
-                            stale=stale,
-                            elapsed=elapsed + time.perf_counter() - start,
-                        )
-                    )
+                for cb in callbacks:
+                    cb.on_step_end(run)
+            seen = min(state.step * step_rows, n)
             record = {
                 "epoch": epoch,
-                "train_loss": float(loss_sum) / n,
-                "train_accuracy": float(correct) / n,
-                "seconds": time.perf_counter() - epoch_start,
+                "train_loss": float(state.loss_sum) / seen,
+                "train_accuracy": float(state.correct) / seen,
+                "seconds": run.seconds() - epoch_start,
+                "steps": state.step,
             }
             if val is not None and len(val[0]):
                 record["val_loss"], record["val_accuracy"] = _validate(model, val, loss_fn, config, ddp)
@@ -271,33 +320,27 @@ def fit(
                 **({"val_acc": f"{record['val_accuracy']:.4f}"} if "val_accuracy" in record else {}),
             )
             logger.debug("epoch %d: %s", epoch, record)
-            if "val_accuracy" not in record:
-                continue
-            if (
-                history.best_val_accuracy is None
-                or record["val_accuracy"] > history.best_val_accuracy + config.min_delta
-            ):
-                history.best_val_accuracy, history.best_epoch = record["val_accuracy"], epoch
-                best_state = copy.deepcopy(model.state_dict())
-                stale = 0
-            else:
-                stale += 1
-                if config.patience is not None and stale >= config.patience:
-                    history.stopped_early = True
-                    logger.info("early stop at epoch %d (best %d)", epoch, history.best_epoch)
-                    break
+            stop = _early_stopping(state, record, modules, config)
+            for cb in callbacks:
+                cb.on_epoch_end(run)
+            if stop or state.global_step >= total:
+                break
     finally:
         bar.close()
         if metrics_file:
             metrics_file.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    history.seconds = elapsed + time.perf_counter() - start
-    history.comparisons_per_second = n * len(history.epochs) / max(history.seconds, 1e-9)
+    if state.best_state is not None:
+        for name, module in modules.items():
+            module.load_state_dict(state.best_state[name])
+    for module in modules.values():
+        module.eval()
+    history.seconds = run.seconds()
+    rows_trained = sum(min(record["steps"] * step_rows, n) for record in history.epochs)
+    history.comparisons_per_second = rows_trained / max(history.seconds, 1e-9)
     logger.info(
-        "trained %d epochs in %.1fs (%.0f comparisons/s), best val accuracy %s",
+        "trained %d epochs (%d steps) in %.1fs (%.0f comparisons/s), best val accuracy %s",
         len(history.epochs),
+        state.global_step,
         history.seconds,
         history.comparisons_per_second,
         history.best_val_accuracy,
@@ -305,25 +348,48 @@ def fit(
     return history
 
 
-def _correct(margin: torch.Tensor) -> torch.Tensor:
-    """Number of rows ranked right, a tie counting half (``accuracy`` times the row count)."""
-    return (margin > 0).sum() + 0.5 * (margin == 0).sum()
+def _early_stopping(
+    state: TrainState, record: dict, modules: dict[str, nn.Module], config: TrainConfig
+) -> bool:
+    """Keep the best validation epoch's weights; True when patience ran out."""
+    history = state.history
+    if "val_accuracy" not in record:
+        return False
+    if (
+        history.best_val_accuracy is None
+        or record["val_accuracy"] > history.best_val_accuracy + config.min_delta
+    ):
+        history.best_val_accuracy, history.best_epoch = record["val_accuracy"], record["epoch"]
+        state.best_state = {name: copy.deepcopy(m.state_dict()) for name, m in modules.items()}
+        state.stale = 0
+        return False
+    state.stale += 1
+    if config.patience is not None and state.stale >= config.patience:
+        history.stopped_early = True
+        logger.info("early stop at epoch %d (best %d)", record["epoch"], history.best_epoch)
+        return True
+    return False
+
+
+def _val_fingerprint(val: ValData | None) -> list[torch.Tensor | None]:
+    if val is None:
+        return [None]
+    batch, tables = val
+    return [*batch, *(table_sample(tables) if isinstance(tables, Tables) else [])]
 
 
 def _validate(
-    model: PreferenceModel,
-    val: tuple[Batch, Tables],
-    loss_fn: LossFn,
-    config: TrainConfig,
-    ddp: DistContext,
+    model: PreferenceModel, val: ValData, loss_fn: LossFn, config: TrainConfig, ddp: DistContext
 ) -> tuple[float, float]:
     """Validation loss and accuracy; under torch.distributed each rank scores a shard and the sums add."""
     batch, tables = val
-    if not ddp.active:
-        margin = predict_margins(model, batch, tables, chunk=config.eval_batch_size)
-        return float(loss_fn(margin).mean()), float(accuracy(margin))
+    if not isinstance(tables, Tables):
+        tables = tables()
+    device = next(model.parameters()).device
+    tables = Tables(*(t.to(device) for t in tables))
     rows = ddp.shard(torch.arange(len(batch)))
-    margin = predict_margins(model, batch.take(rows), tables, chunk=config.eval_batch_size)
+    part = Batch(*(t[rows].to(device) for t in batch))
+    margin = predict_margins(model, part, tables, chunk=config.eval_batch_size).float()
     sums = torch.stack([loss_fn(margin).double().sum(), _correct(margin).double()])
     ddp.all_reduce_sum(sums)
     return float(sums[0]) / len(batch), float(sums[1]) / len(batch)
