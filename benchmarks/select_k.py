@@ -86,7 +86,11 @@ def synthetic_runs(args: argparse.Namespace) -> list[tuple[str, int, int, dict]]
 
 
 #: PAL-B maps f and g_k: 2-layer MLPs (as in the demo and the Persona benchmarks) or linear
-PERSONA_MAPS = {"mlp": {"f_layers": 2, "g_layers": 2}, "linear": {"f_layers": 1, "g_layers": 1}}
+#: hidden width only for the MLP maps: a linear map has none (and refuses one rather than ignoring it)
+PERSONA_MAPS = {
+    "mlp": {"f_layers": 2, "g_layers": 2, "hidden": 128},
+    "linear": {"f_layers": 1, "g_layers": 1},
+}
 
 
 def persona_runs(args: argparse.Namespace) -> list[tuple[str, int, int, dict]]:
@@ -107,7 +111,6 @@ def persona_runs(args: argparse.Namespace) -> list[tuple[str, int, int, dict]]:
         for maps in args.persona_maps:  # the same data for every variant of the maps
             params = {
                 "dim": 16,
-                "hidden": 128,
                 "batch_size": args.batch,
                 "epochs": max(1, math.ceil(args.steps * args.batch / n_train)),
                 "lr_maps": 3e-3,
