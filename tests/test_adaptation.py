@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pluralign.datasets.synthetic import make_synthetic
 from pluralign.estimator import PALA, PALB, PALEstimator
-from pluralign.models.base import Batch, Tables
+from pluralign.models.base import Batch
 from pluralign.models.btl import BTLModel
 from pluralign.models.mlp import MLPConfig
 from pluralign.models.pal_a import PALAModel
@@ -17,28 +16,9 @@ from pluralign.models.pal_b import PALBModel
 from pluralign.training.adaptation import fit_user_weights, weights_to_logits, zero_shot_weights
 from pluralign.training.losses import get_loss
 from pluralign.training.trainer import predict_margins
+from test_training import _tensors
 
 EST = {"f_layers": 1, "g_layers": 1, "epochs": 5, "batch_size": 256, "patience": None}
-
-
-def _tensors(data):
-    batch = Batch(*(torch.from_numpy(a) for a in (data.user, data.context, data.chosen, data.rejected)))
-    return batch, Tables(torch.from_numpy(data.item_vectors), torch.from_numpy(data.context_vectors))
-
-
-@pytest.fixture(scope="module")
-def small():
-    return make_synthetic(
-        model="pal_a",
-        n_users=20,
-        n_train=40,
-        n_val=20,
-        n_test=20,
-        n_prototypes=2,
-        seed=4,
-        n_unseen_users=6,
-        n_unseen_per_user=30,
-    )
 
 
 def _one_user(data, user: int = 0):

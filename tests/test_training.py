@@ -23,21 +23,6 @@ def _tensors(data):
     return batch, Tables(torch.from_numpy(data.item_vectors), torch.from_numpy(data.context_vectors))
 
 
-@pytest.fixture(scope="module")
-def small():
-    return make_synthetic(
-        model="pal_a",
-        n_users=20,
-        n_train=40,
-        n_val=20,
-        n_test=20,
-        n_prototypes=2,
-        seed=4,
-        n_unseen_users=6,
-        n_unseen_per_user=30,
-    )
-
-
 def test_losses_match_definitions():
     m = torch.tensor([-50.0, -1.0, 0.0, 0.5, 2.0, 50.0])
     torch.testing.assert_close(

@@ -9,6 +9,9 @@ their refused aliases, UTF-8 checks, and the numbering of non-blank lines.
 
 from __future__ import annotations
 
+import csv
+import io
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -152,3 +155,27 @@ def nonblank_lines(raw: bytes) -> np.ndarray:
     for i in suspects:
         nonblank[i] = bool(raw[starts[i] : ends[i]].strip(b" \t\r"))
     return np.flatnonzero(nonblank) + 1
+
+
+def csv_records(text: str, where: str) -> tuple[list[list[str]], list[int]]:
+    """Every non-blank record of a CSV text (quoted newlines kept) and the line each one starts on.
+
+    Fields may be longer than the csv module's default limit of 131072 characters (long responses)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[list[str]] = []
+    starts: list[int] = []
+    previous = 0
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        for record in reader:
+            start, previous = previous + 1, reader.line_num
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue
+            records.append(record)
+            starts.append(start)
+    except csv.Error as exc:
+        raise DataError(f"invalid CSV: {exc}", path=where, line=reader.line_num) from exc
+    finally:
+        csv.field_size_limit(limit)
+    return records, starts

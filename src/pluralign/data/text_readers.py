@@ -8,10 +8,8 @@ every problem. Both return the same :class:`~pluralign.data.raw.Raw` for the sam
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
-import sys
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,7 @@ from pluralign.data.raw import (
     Check,
     Raw,
     check_aliases,
+    csv_records,
     decode_utf8,
     is_utf8,
     nonblank_lines,
@@ -164,23 +163,7 @@ def _csv_header(raw: bytes) -> list[str] | None:
 
 def slow_csv(raw: bytes, where: str) -> Raw:
     text = decode_utf8(raw, where)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records: list[list[str]] = []
-    starts: list[int] = []
-    previous = 0
-    limit = csv.field_size_limit()
-    csv.field_size_limit(sys.maxsize)  # long responses exceed the default limit of 131072 characters
-    try:
-        for record in reader:
-            start, previous = previous + 1, reader.line_num
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue
-            records.append(record)
-            starts.append(start)
-    except csv.Error as exc:
-        raise DataError(f"invalid CSV: {exc}", path=where, line=reader.line_num) from exc
-    finally:
-        csv.field_size_limit(limit)
+    records, starts = csv_records(text, where)
     empty = "no preference rows (the file is empty or has only a header)"
     if not records:
         raise DataError(empty, path=where)

@@ -18,17 +18,14 @@ This module is the parsing layer of :mod:`pluralign.datasets.polis`.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pluralign.data.raw import decode_utf8
+from pluralign.data.raw import csv_records, decode_utf8
 from pluralign.errors import DataError
 
 __all__ = [
@@ -132,23 +129,7 @@ def read_csv_table(path: Path, required: tuple[str, ...], *, header: bool = True
     except OSError as exc:
         raise DataError(f"cannot read file: {exc.strerror or exc}", path=where) from exc
     text = decode_utf8(raw, where)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records: list[list[str]] = []
-    starts: list[int] = []
-    previous = 0
-    limit = csv.field_size_limit()
-    csv.field_size_limit(sys.maxsize)
-    try:
-        for record in reader:
-            start, previous = previous + 1, reader.line_num
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue
-            records.append(record)
-            starts.append(start)
-    except csv.Error as exc:
-        raise DataError(f"invalid CSV: {exc}", path=where, line=reader.line_num) from exc
-    finally:
-        csv.field_size_limit(limit)
+    records, starts = csv_records(text, where)
     if header:
         if not records:
             raise DataError("the file is empty (expected a header line)", path=where)
