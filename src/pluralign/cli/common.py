@@ -113,12 +113,7 @@ def _annotation(param: Param) -> Any:
     """The option of one hyperparameter: its flag (plus aliases), help, group panel and type."""
     names = [param.flag, *param.aliases]
     default = param.default
-    shown = "none" if default is None else default
-    info = {
-        "help": param.help,
-        "rich_help_panel": f"Hyperparameters: {param.group}",
-        "show_default": str(shown),
-    }
+    info = {"help": param.help, "rich_help_panel": f"Hyperparameters: {param.group}"}
     if param.type is bool:
         return Annotated[bool, typer.Option(f"{param.flag}/--no-{param.flag[2:]}", *param.aliases, **info)]
     base = [t for t in typing.get_args(param.type) if t is not type(None)] or [param.type]
