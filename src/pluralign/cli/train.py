@@ -28,8 +28,6 @@ from pluralign.estimator.params import LARGE_EXTRA, TINY_PARAMS
 #: the run's options, written by `pluralign train --out RUN` and read back by `--resume RUN`
 RUN_FILE = "train.json"
 CHECKPOINTS = "checkpoints"
-#: hyperparameters `train` sets from the run directory, not from options
-TRAIN_EXCLUDED = ("progress", "metrics_path", "checkpoint_dir")
 #: select-k sets K per fit and seeds each fold itself (its own --k and --seed); it writes no checkpoints
 SELECT_K_EXCLUDED = ("n_prototypes", "seed", "checkpoint_every", "checkpoint_seconds")
 #: hyperparameters naming files: stored as absolute paths, so --resume may run from another directory
@@ -50,7 +48,7 @@ def _absolute(hyper: dict[str, Any]) -> dict[str, Any]:
 
 @app.command()
 @command
-@with_hyperparameters((*TINY_PARAMS, *LARGE_EXTRA), exclude=TRAIN_EXCLUDED)
+@with_hyperparameters((*TINY_PARAMS, *LARGE_EXTRA))  # progress, metrics, checkpoints: from OUT
 def train(
     train_data: Annotated[
         Path | None, typer.Argument(metavar="[TRAIN]", help="Training preferences (not with --resume).")
