@@ -21,7 +21,6 @@ One torch thread.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -70,10 +69,10 @@ def run_one(name: str, est, train: pd.DataFrame, test: pd.DataFrame) -> dict:
     est.fit(train)
     seconds = time.perf_counter() - start
     history = est.history_
-    steps = sum(e.get("steps", math.ceil(len(train) / est.batch_size)) for e in history.epochs)
+    steps = history.steps
     row = {
         "model": name,
-        "train_accuracy": history.epochs[-1]["train_accuracy"],
+        "train_accuracy": history.records[-1]["train_accuracy"],
         "test_accuracy": est.score(test),
         "steps": steps,
         "train_seconds": history.seconds,

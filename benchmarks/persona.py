@@ -258,7 +258,7 @@ def run_full(args: argparse.Namespace) -> dict:
             {
                 "model": f"{kind.upper().replace('_', '-')}-Tiny ({loss})",
                 "K": args.k_star,
-                "epochs": len(est.history_.epochs),
+                "epochs": round(est.history_.steps / est.history_.steps_per_epoch, 2),
                 "seen_test_acc": accuracy,
                 "train_minutes": seconds / 60,
                 "comparisons_per_s": est.history_.comparisons_per_second,

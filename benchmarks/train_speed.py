@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import resource
@@ -277,8 +276,8 @@ def run_child(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         history = fit(model, (train, tables), None, config)
         out = {
-            "steps": len(history.epochs) * math.ceil(len(train) / batch_size),
-            "comparisons": len(history.epochs) * len(train),
+            "steps": history.steps,
+            "comparisons": sum(r["rows"] for r in history.records),
             "seconds": time.perf_counter() - t,
         }
     train_peak = peak_rss_mib() if reset else None

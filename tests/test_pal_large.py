@@ -109,7 +109,7 @@ def test_large_step_decreases_loss_and_moves_encoder(tiny_bert):
     history = fit_large(model, source, batch, None, config)
     after = loss_now()
     assert after < before
-    assert history.epochs[0]["steps"] == 1
+    assert history.steps == 1 and history.records[0]["step"] == 1
     moved = [k for k, v in tower.state_dict().items() if not torch.equal(v, before_encoder[k])]
     assert any("encoder.layer.0" in k for k in moved) and any("word_embeddings" in k for k in moved)
 

@@ -138,10 +138,15 @@ def _crash_after(monkeypatch, saves: int) -> None:
 
 @pytest.mark.parametrize(
     ("cls", "extra"),
-    [(PALA, {"dropout": 0.2}), (PALB, {"rows_per_context": 3, "loss": "hinge"})],
+    [
+        (PALA, {"dropout": 0.2}),
+        (PALB, {"rows_per_context": 3, "loss": "hinge"}),
+        # the step budget: warm-up + cosine schedule, evaluations every few steps mid-epoch
+        (PALB, {"epochs": None, "max_steps": 30, "eval_every": 4, "min_steps": 10}),
+    ],
 )
 def test_in_process_crash_and_resume_match(cls, extra, small, tmp_path, monkeypatch):
-    params = dict(n_prototypes=2, dim=6, epochs=8, batch_size=128, patience=3, seed=3, **extra)
+    params = {**dict(n_prototypes=2, dim=6, epochs=8, batch_size=128, patience=3, seed=3), **extra}
     reference = cls(**params).fit(small.train, small.val)
     metrics = tmp_path / "metrics.jsonl"
     params.update(checkpoint_dir=tmp_path / "ckpt", checkpoint_every=3, metrics_path=metrics)
@@ -156,7 +161,7 @@ def test_in_process_crash_and_resume_match(cls, extra, small, tmp_path, monkeypa
     assert [
         {k: v for k, v in json.loads(x).items() if k != "seconds"} for x in metrics.read_text().splitlines()
     ] == strip
-    assert resumed.history_.best_epoch == reference.history_.best_epoch
+    assert resumed.history_.best_step == reference.history_.best_step
     for name, value in reference.model_.state_dict().items():
         assert torch.equal(resumed.model_.state_dict()[name], value), name
     # only the newest two checkpoints are kept

@@ -64,7 +64,7 @@ def _train_and_score(
         rows.append(
             {
                 "model": name,
-                "train_acc": est.history_.epochs[-1]["train_accuracy"],
+                "train_acc": est.history_.records[-1]["train_accuracy"],
                 "seen_test_acc": est.score(test),
                 "new_users_zero_shot": est.score(new_users),
                 "train_s": est.history_.seconds,

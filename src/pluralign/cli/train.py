@@ -185,19 +185,24 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
     est.save(out / "model")
     atomic_write_json(out / RUN_FILE, {**run_file, "status": "finished"})
     history = est.history_
-    last = history.epochs[-1]
+    last = history.records[-1]
     row = {
         "model": options["model"],
         "K": est.n_prototypes,
         "users": len(est.users_),
-        "epochs": len(history.epochs),
+        "batch": history.settings["batch_size"],
+        "steps": history.steps,
+        "epochs": round(history.steps / history.steps_per_epoch, 2),
         "train_acc": last["train_accuracy"],
         "val_acc": history.best_val_accuracy,
+        "val": history.validation or "none",
         "seconds": round(history.seconds, 2),
         "comparisons/s": round(history.comparisons_per_second),
     }
     if ddp.world_size > 1:
         row["processes"] = ddp.world_size
+    if as_json:
+        row["warnings"] = est.fit_warnings_
     emit([row], as_json, title=f"training (saved to {out / 'model'})")
 
 

@@ -107,7 +107,10 @@ def grow(
     min_gap: Annotated[float, typer.Option(help="...and an accuracy gap of at least this.")] = 0.05,
     epochs: Annotated[
         int | None,
-        typer.Option(help="Epochs of the grow step (default: the model's, or one training epoch's steps)."),
+        typer.Option(
+            help="Epochs of the grow step (default: the grow data's step budget; for a model trained with "
+            "--epochs, its epochs or one training epoch's steps)."
+        ),
     ] = None,
     encoder: EncoderOpt = None,
     verbose: Verbose = False,
@@ -133,7 +136,7 @@ def grow(
         f"{len(report.flagged)} of {len(report.detection)} new users flagged ({report.rule}"
         + (f"; seen users' accuracy {population['accuracy']:.3f}" if population else "")
         + f"); K {report.n_prototypes_before} -> {report.n_prototypes_after}; grow step "
-        f"{report.grow_seconds:.1f} s ({report.epochs} epochs), detection {report.detect_seconds:.1f} s",
+        f"{report.grow_seconds:.1f} s ({report.steps} steps), detection {report.detect_seconds:.1f} s",
         highlight=False,
         soft_wrap=True,
     )

@@ -30,6 +30,7 @@ from pluralign.data.readers import read_preferences
 from pluralign.encoders import EmbeddingCache, Encoder, embed_data, embed_texts, open_cache
 from pluralign.encoders.spec import encoder_from_spec, encoder_spec
 from pluralign.errors import CheckpointError, DataError, PluralignError
+from pluralign.estimator.checks import check_fit, check_training_data, check_validation, hold_out
 from pluralign.estimator.params import TINY_PARAMS, Param, make_init
 from pluralign.models.base import Batch, PreferenceModel, Tables, seeded_rng
 from pluralign.models.mlp import MLPConfig
@@ -69,6 +70,7 @@ class PALEstimator(BaseEstimator):
         "history_",
         "zero_shot_weights_",
         "grow_report_",
+        "fit_warnings_",
     )
     __init__ = make_init(TINY_PARAMS)
 
@@ -206,20 +208,32 @@ class PALEstimator(BaseEstimator):
     def fit(self, train: DataLike, val: DataLike | None = None, *, resume: bool = False) -> PALEstimator:
         """Learn the shared maps, prototypes and every training user's weights.
 
-        Any earlier fit is forgotten first; the fitted attributes are set only when training succeeds.
-        ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` (same data and settings).
+        The step budget (batch size, steps, learning rates, schedule) comes from the data where the
+        hyperparameters leave it None (``pluralign.training.budget``). Without ``val``, ``val_fraction`` of
+        each user's rows is held out for early stopping (seeded; 0: train on all; not with ``epochs``,
+        which trains those epochs on all rows as earlier versions did). Data that cannot support
+        the model gets a warning (``fit_warnings_``). Any earlier fit is forgotten first; the fitted
+        attributes are set only when training succeeds. ``resume=True`` continues from the newest
+        checkpoint in ``checkpoint_dir`` (same data and settings).
         """
         self.reset()
         config = dataclasses.replace(self.train_config(), resume=resume)
         train = self.prepare(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
+        warnings = check_training_data(train, self.n_prototypes, type(self).__name__)
         users = pd.Index(train.user_ids[np.unique(train.user)].astype(str))
+        validation = None
+        if val is not None:
+            val, validation = self._embed(val, train.context_dim), "given"
+        elif self.val_fraction and config.patience is not None and config.epochs is None:
+            train, val, message = hold_out(train, self.val_fraction, self.seed)
+            validation = "held out" if val is not None else None
+            logger.info(message)
         model = self.build_model(len(users), train.item_dim, train.context_dim)
         train_part = (self.to_batch(train, rows_of(users, train)), self.to_tables(train))
         val_part = None
         if val is not None:
-            val = self._embed(val, train.context_dim)
             if (val.item_dim, val.context_dim) != (train.item_dim, train.context_dim):
                 raise DataError(
                     f"validation vectors have dimensions item={val.item_dim}, context={val.context_dim} "
@@ -229,12 +243,14 @@ class PALEstimator(BaseEstimator):
             rows = rows_of(users, val)
             known = rows >= 0
             if not known.all():
-                logger.warning(
-                    "validation: %d of %d comparisons are from users not in the training data; "
-                    "they are left out of early stopping",
-                    int((~known).sum()),
-                    len(val),
+                message = (
+                    f"validation: {int((~known).sum())} of {len(val)} comparisons are from users not in "
+                    "the training data; they are left out of early stopping"
                 )
+                logger.warning(message)
+                warnings.append(message)
+            if validation == "given":
+                warnings += check_validation(train_part[0].user.numpy(), rows[known], len(users))
             val_part = (self.to_batch(val.subset(known), rows[known]), self.to_tables(val))
         with seeded_rng(self.seed):
             if self.loss in PREFIX_LOSSES:  # needs token-level features: the cumulative-loss loop
@@ -245,9 +261,12 @@ class PALEstimator(BaseEstimator):
                 )
             else:
                 history = fit(model, train_part, val_part, config, checkpoint_callbacks(config))
+        history.validation = validation if val_part is not None and len(val_part[0]) else None
+        warnings += check_fit(history)
         self.model_, self.users_, self.n_seen_users_ = model, users, len(users)
         self.item_dim_, self.context_dim_ = train.item_dim, train.context_dim
         self.history_: History = history
+        self.fit_warnings_: list[str] = warnings
         self.zero_shot_weights_ = zero_shot_weights(model, len(users))
         return self
 
@@ -456,10 +475,15 @@ class PALEstimator(BaseEstimator):
             "context_dim": self.context_dim_,
             "n_seen_users": self.n_seen_users_,
             "history": {
-                "best_epoch": self.history_.best_epoch,
+                "best_step": self.history_.best_step,
                 "best_val_accuracy": self.history_.best_val_accuracy,
-                "epochs": len(self.history_.epochs),
+                "best_val_loss": self.history_.best_val_loss,
+                "steps": self.history_.steps,
                 "steps_per_epoch": self.history_.steps_per_epoch,
+                "seconds": self.history_.seconds,
+                "comparisons_per_second": self.history_.comparisons_per_second,
+                "settings": self.history_.settings,
+                "validation": self.history_.validation,
             },
         }
         if getattr(self.model_, "prototype_blocks", None) is not None:  # grown (training/growth.py)
@@ -502,7 +526,8 @@ class PALEstimator(BaseEstimator):
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{directory}: checkpoint does not match its config ({exc})") from None
         est.model_.eval()
-        est.history_ = History(**{k: v for k, v in config.get("history", {}).items() if k != "epochs"})
+        fields = {f.name for f in dataclasses.fields(History)} - {"records"}
+        est.history_ = History(**{k: v for k, v in config.get("history", {}).items() if k in fields})
         return est
 
 

@@ -30,6 +30,7 @@ from pluralign.models.base import Batch, PreferenceModel
 from pluralign.models.pal_a import PALAModel
 from pluralign.models.pal_b import PALBModel
 from pluralign.training.adaptation import fit_user_weights, weights_to_logits
+from pluralign.training.budget import auto_batch_size
 from pluralign.training.growth import (
     DetectionRule,
     GrowReport,
@@ -144,16 +145,20 @@ def detect(
     return flag_users(cv, population, rule), population
 
 
-def grow_epochs(est: PALEstimator, rows: int, batch_size: int) -> int:
-    """The model's epochs, or more: at least as many optimizer steps as one epoch of its own training.
+def grow_epochs(est: PALEstimator, rows: int, batch_size: int | None) -> int | None:
+    """For a model trained by epochs: its epochs, or more (at least as many optimizer steps as one epoch
+    of its own training). None for a model trained on the step budget: the grow data's budget decides.
 
     The flagged users' rows are usually a small share of the training data; the model's epoch count alone
     would then give the new prototypes a handful of steps (the 5x-data grow benchmark: 0.965 on the new
     group instead of 0.998)."""
     original = est.history_.steps_per_epoch
+    if est.epochs is None:
+        return None
     if not original:  # checkpoints saved before steps_per_epoch was recorded
         return est.epochs
-    return max(est.epochs, math.ceil(original / math.ceil(rows / batch_size)))
+    batch = batch_size or auto_batch_size(rows)
+    return max(est.epochs, math.ceil(original / math.ceil(rows / batch)))
 
 
 def _grow_inputs(
@@ -404,7 +409,8 @@ def grow_estimator(
 
     ``reference``: comparisons of seen users, the population the detection rule compares against (needed
     unless ``users`` names the users to grow on). All users of ``data`` must be new to the model; they are
-    all added to it. ``epochs`` of the grow step default to the model's, raised to at least one epoch of its
+    all added to it. ``epochs`` of the grow step: None is the step budget of the grow data for a model
+    trained on the budget; for one trained by epochs, the model's epochs, raised to at least one epoch of its
     own training in optimizer steps. Raises NothingToGrow when no user is flagged.
     """
     start = time.perf_counter()
@@ -431,8 +437,8 @@ def grow_estimator(
         others_heldout_after=accuracy_of(step.margin_after_others),
         n_others_heldout=int((~step.held_flagged).sum()),
         reference_check=check,
-        epochs=len(step.history.epochs),
-        best_epoch=step.history.best_epoch,
+        steps=step.history.steps,
+        best_step=step.history.best_step,
         detect_seconds=detect_seconds,
         grow_seconds=step.seconds,
         seconds=time.perf_counter() - start,

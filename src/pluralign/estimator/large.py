@@ -32,6 +32,7 @@ from pluralign.encoders import EmbeddingCache, SentenceTransformerEncoder
 from pluralign.encoders.spec import VECTOR_SUFFIXES, encoder_spec
 from pluralign.errors import CheckpointError, DataError, PluralignError
 from pluralign.estimator.base import DataLike, PALEstimator, rows_of
+from pluralign.estimator.checks import check_fit, check_training_data
 from pluralign.estimator.params import LARGE_PARAMS
 from pluralign.estimator.tiny import PALA, PALB
 from pluralign.models.base import seeded_rng
@@ -98,6 +99,7 @@ class _LargeMixin:
         train = self._texts(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
+        warnings = check_training_data(train, self.n_prototypes, type(self).__name__)
         tower = TextTower.from_pretrained(self._tower_path(), max_length=self.max_length)
         with_context = not (train.contexts == "").all()
         items = tower.tokenize(train.items)
@@ -121,12 +123,14 @@ class _LargeMixin:
         batch = self.to_batch(train, rows_of(users, train))
         with seeded_rng(self.seed):
             history = fit_large(model, source, batch, val_part, config)
+        history.validation = "given" if val_part is not None and len(val_part[0]) else None
         model.cpu()
         tower.cpu()
         # fitted state only now that training succeeded
         self.model_, self.users_, self.n_seen_users_ = model, users, len(users)
         self.item_dim_, self.context_dim_ = item_dim, context_dim
         self.history_ = history
+        self.fit_warnings_ = warnings + check_fit(history)
         self.encoder_ = TowerEncoder(tower)
         self.cache_ = None
         self.zero_shot_weights_ = zero_shot_weights(model, len(users))

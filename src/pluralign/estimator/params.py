@@ -55,9 +55,35 @@ TINY_PARAMS: tuple[Param, ...] = (
         "Loss on the margin: logistic, hinge, cumulative, cumulative-mean.",
         "training",
     ),
-    P("epochs", 100, int, "Maximum epochs.", "training"),
-    P("batch_size", 1024, int, "Comparisons per optimizer step (global, over all processes).", "training"),
-    P("lr_maps", 5e-4, float, "Learning rate of the maps f and g.", "training"),
+    P(
+        "epochs",
+        None,
+        int | None,
+        "Passes over the data at a constant learning rate (none: a step budget derived from the data).",
+        "training",
+    ),
+    P(
+        "batch_size",
+        None,
+        int | None,
+        "Comparisons per optimizer step, over all processes (none: all rows up to 4,096, then about "
+        "n / 16, at most 16,384).",
+        "training",
+    ),
+    P(
+        "max_steps",
+        None,
+        int | None,
+        "Optimizer steps (none: derived from the data; with --epochs, a cap on them).",
+        "training",
+    ),
+    P(
+        "lr_maps",
+        None,
+        float | None,
+        "Learning rate of the maps f and g (none: 5e-4 x sqrt(batch / 1024), 1x to 4x).",
+        "training",
+    ),
     P(
         "wd_maps",
         1e-3,
@@ -65,15 +91,63 @@ TINY_PARAMS: tuple[Param, ...] = (
         "Weight decay of the maps' weight matrices (not biases or scales).",
         "training",
     ),
-    P("lr_prototypes", 5e-3, float, "Learning rate of the prototypes.", "training"),
+    P(
+        "lr_prototypes",
+        None,
+        float | None,
+        "Learning rate of the prototypes (none: 5e-3 x sqrt(batch / 1024), 1x to 4x).",
+        "training",
+    ),
     P("wd_prototypes", 0.0, float, "Weight decay of the prototypes.", "training"),
-    P("lr_users", 5e-3, float, "Learning rate of the users' weight logits.", "training"),
+    P(
+        "lr_users",
+        None,
+        float | None,
+        "Learning rate of the users' weight logits (none: 5e-3 x sqrt(batch / 1024), 1x to 4x).",
+        "training",
+    ),
     P("wd_users", 0.0, float, "Weight decay of the users' weight logits.", "training"),
+    P(
+        "lr_schedule",
+        None,
+        str | None,
+        "cosine (warm-up, then cosine decay to 10%) or constant (none: cosine; constant with --epochs).",
+        "training",
+    ),
+    P(
+        "warmup_steps",
+        None,
+        int | None,
+        "Linear warm-up steps of the cosine schedule (none: 5% of the steps).",
+        "training",
+    ),
+    P(
+        "eval_every",
+        None,
+        int | None,
+        "Validate every N optimizer steps (none: 50 times per fit; once per epoch with --epochs).",
+        "training",
+    ),
     P(
         "patience",
         10,
         int | None,
-        "Stop after this many epochs without a better val accuracy (none: never).",
+        "Stop after this many evaluations without a better validation score (none: never).",
+        "training",
+    ),
+    P(
+        "min_steps",
+        None,
+        int | None,
+        "Early stopping never stops before this many steps (none: a quarter of them; 0 with --epochs).",
+        "training",
+    ),
+    P(
+        "val_fraction",
+        0.1,
+        float,
+        "Without validation data, hold out this share of each user's rows for early stopping (0: none; "
+        "not with --epochs).",
         "training",
     ),
     P("min_delta", 0.0, float, "Smallest val-accuracy gain that counts as better.", "training"),
@@ -134,7 +208,6 @@ LARGE_EXTRA: tuple[Param, ...] = (
     P("grad_accum_steps", 1, int, "PAL-Large: micro-batches per optimizer step.", "training"),
     P("precision", "auto", str, "PAL-Large: auto, fp32, bf16 or fp16 autocast.", "training"),
     P("device", "cpu", str, "PAL-Large: torch device.", "training"),
-    P("max_steps", None, int | None, "PAL-Large: cap on optimizer steps (none: epochs decide).", "training"),
 )
 
 #: PAL-Large's defaults where they differ from Tiny's (PAL App. D.3, Table 4)
@@ -147,6 +220,7 @@ LARGE_DEFAULTS: dict[str, Any] = {
     "lr_users": 5e-3,
     "patience": None,
     "max_grad_norm": 1.0,
+    "val_fraction": 0.0,
 }
 
 

@@ -1,10 +1,10 @@
 """What the fit loop (training/trainer.py) takes and gives, shared with its callbacks (training/resume.py).
 
     TrainConfig  the optimization settings
-    History      what a fit did, epoch by epoch
+    History      what a fit did, evaluation by evaluation
     TrainState   where a fit is (epoch, step, running sums, early-stopping state): what a checkpoint holds
     Run          the live objects of one fit (modules, optimizer, ...) that a callback may read and restore
-    Callback     hooks the loop calls at the start, after every optimizer step and after every epoch
+    Callback     hooks the loop calls at the start, after every optimizer step and after every evaluation
 
 Both the loop and the checkpointing import this module, not each other: checkpointing is a callback.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pluralign.training.budget import SCHEDULES
 from pluralign.training.distributed import DistContext
 from pluralign.training.losses import get_loss
 
@@ -25,27 +26,40 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    """Optimization settings. Defaults follow PAL App. D.2: lr 5e-4 / weight decay 1e-3 for the shared
-    maps, lr 5e-3 for prototypes and user weights.
+    """Optimization settings. Every field left None is derived from the number of training comparisons
+    by ``pluralign.training.budget.resolve`` (batch size, steps, learning rates, schedule, evaluation
+    cadence); the learning rates follow PAL App. D.2 (maps 5e-4 with weight decay 1e-3, prototypes and
+    user weights 5e-3) at batch 1024, scaled up for larger batches.
 
-    A step is ``grad_accum_steps`` micro-batches of ``batch_size`` rows. ``encoder_lr``/``encoder_wd`` are
-    the trainable text tower's (PAL-Large). ``precision``: ``auto`` is bf16 autocast on CUDA devices that
-    support it (else fp16 with loss scaling) and fp32 on CPU; ``bf16`` also works on CPU (fast only with
-    AVX512-BF16/AMX). ``max_steps`` caps the optimizer steps (the last epoch is then partial).
+    A step is ``grad_accum_steps`` micro-batches of ``batch_size`` rows. Given ``epochs``, a fit is that
+    many passes at a constant learning rate, evaluated once per epoch (the fit of earlier versions);
+    ``max_steps`` caps the optimizer steps either way. ``patience`` counts evaluations (every
+    ``eval_every`` steps) without a better validation score, and never stops a fit before ``min_steps``.
+    ``encoder_lr``/``encoder_wd`` are the trainable text tower's (PAL-Large). ``precision``: ``auto`` is
+    bf16 autocast on CUDA devices that support it (else fp16 with loss scaling) and fp32 on CPU; ``bf16``
+    also works on CPU (fast only with AVX512-BF16/AMX).
     """
 
     loss: str = "logistic"
-    epochs: int = 100
-    batch_size: int = 1024
-    lr_maps: float = 5e-4
+    #: passes over the data (None: the step budget decides)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr_maps: float | None = None
     wd_maps: float = 1e-3
-    lr_prototypes: float = 5e-3
+    lr_prototypes: float | None = None
     wd_prototypes: float = 0.0
-    lr_users: float = 5e-3
+    lr_users: float | None = None
     wd_users: float = 0.0
-    #: stop after this many epochs without a better validation accuracy (None: never stop early)
+    #: "cosine" (linear warm-up, cosine decay) or "constant"; None: cosine, or constant with ``epochs``
+    lr_schedule: str | None = None
+    warmup_steps: int | None = None
+    #: validate every this many optimizer steps
+    eval_every: int | None = None
+    #: stop after this many evaluations without a better validation score (None: never stop early)
     patience: int | None = 10
     min_delta: float = 0.0
+    #: early stopping never ends a fit before this many steps
+    min_steps: int | None = None
     max_grad_norm: float | None = None
     #: build each batch from runs of this many rows sharing a context (None: plain shuffle); see epoch_order
     rows_per_context: int | None = None
@@ -67,36 +81,77 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "cpu"
     max_steps: int | None = None
+    #: the fields ``budget.resolve`` derived from the data (set by it; empty in a config as given)
+    derived: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps"):
+        for name in ("eval_batch_size", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr_maps", "lr_prototypes", "lr_users", "encoder_lr"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("rows_per_context", "patience", "checkpoint_every", "max_steps"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "rows_per_context",
+            "patience",
+            "checkpoint_every",
+            "max_steps",
+            "eval_every",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        for name in ("warmup_steps", "min_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {getattr(self, name)}")
+        if self.lr_schedule is not None and self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.checkpoint_seconds is not None and not self.checkpoint_seconds > 0:
             raise ValueError(f"checkpoint_seconds must be > 0 or None, got {self.checkpoint_seconds}")
         if (self.checkpoint_every or self.checkpoint_seconds or self.resume) and not self.checkpoint_dir:
             raise ValueError("checkpoint_every, checkpoint_seconds and resume need a checkpoint_dir")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.derived = tuple(self.derived)
 
 
 @dataclass
 class History:
-    epochs: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
+    """What a fit did. ``records``: one per evaluation (every ``eval_every`` steps and at the end) with
+    ``step``, ``epoch`` (steps / steps per epoch), the training loss and accuracy over the rows since the
+    previous record (``rows`` of them), the learning-rate factor, seconds, and the validation loss and
+    accuracy when there is validation data."""
+
+    records: list[dict] = field(default_factory=list)
+    #: optimizer step whose weights were kept (the best validation score), None without validation
+    best_step: int | None = None
     best_val_accuracy: float | None = None
+    best_val_loss: float | None = None
     stopped_early: bool = False
     seconds: float = 0.0
     comparisons_per_second: float = 0.0
-    #: optimizer steps in one epoch over the training data (None: not recorded, e.g. older checkpoints)
+    #: optimizer steps in one epoch over the training data
     steps_per_epoch: int | None = None
+    #: optimizer steps done
+    steps: int = 0
+    #: the settings the fit ran with (``budget.resolve``'s choices among them, named in ``derived``)
+    settings: dict = field(default_factory=dict)
+    #: where the validation data came from: "given", "held out" (a share of each user's rows) or None
+    validation: str | None = None
+
+    @property
+    def epochs(self) -> list[dict]:
+        """``records`` under its name of earlier versions (one record per epoch there)."""
+        return self.records
+
+    @property
+    def best_epoch(self) -> float | None:
+        """The epoch (fractional) of ``best_step``."""
+        if self.best_step is None or not self.steps_per_epoch:
+            return None
+        return self.best_step / self.steps_per_epoch
 
 
 @dataclass
@@ -108,16 +163,18 @@ class TrainState:
     global_step: int
     #: state of the shuffling generator at the start of ``epoch`` (its order is regenerated from it)
     generator_state: torch.Tensor
-    #: the epoch's running loss sum and number of rows ranked right (float64)
+    #: running loss sum and number of rows ranked right since the last evaluation (float64)
     loss_sum: torch.Tensor
     correct: torch.Tensor
     history: History
-    #: the best validation epoch's weights: module name ("model", "encoder") -> state dict
+    #: the best validation step's weights: module name ("model", "encoder") -> state dict
     best_state: dict[str, dict[str, torch.Tensor]] | None
-    #: epochs since the best validation accuracy (early stopping)
+    #: evaluations since the best validation score (early stopping)
     stale: int
     #: training seconds before this process (a resumed run adds its own)
     elapsed: float
+    #: rows trained on since the last evaluation
+    window_rows: int = 0
 
 
 @dataclass
@@ -144,7 +201,8 @@ class Run:
 class Callback:
     """Hooks of the fit loop (each a no-op here; override what you need). ``on_train_begin`` may replace
     ``run.state`` (resume). ``checkpoints``: this callback writes resumable checkpoints (the loop refuses a
-    ``config.checkpoint_dir`` that no callback serves)."""
+    ``config.checkpoint_dir`` that no callback serves). On a step that evaluates, ``on_evaluate`` runs
+    before ``on_step_end``."""
 
     checkpoints: bool = False
 
@@ -154,5 +212,5 @@ class Callback:
     def on_step_end(self, run: Run) -> None:
         """After each optimizer step; ``run.state`` counts it."""
 
-    def on_epoch_end(self, run: Run) -> None:
-        """After each epoch's record (and early-stopping update) is in ``run.state.history``."""
+    def on_evaluate(self, run: Run) -> None:
+        """After each evaluation's record (and early-stopping update) is in ``run.state.history``."""

@@ -94,8 +94,9 @@ class GrowReport:
     others_heldout_after: float
     n_others_heldout: int
     reference_check: dict[str, Any] | None
-    epochs: int
-    best_epoch: int | None
+    #: optimizer steps of the grow phase, and the one whose weights were kept (None: no held-out rows)
+    steps: int
+    best_step: int | None
     detect_seconds: float
     grow_seconds: float
     seconds: float

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pluralign.training.budget import BASE_LR
+
 #: param_groups() keys and the TrainConfig fields of their (learning rate, weight decay)
 GROUP_SETTINGS = {
     "maps": ("lr_maps", "wd_maps"),
@@ -109,7 +111,8 @@ def make_optimizer(model: nn.Module, config: Any, encoder: nn.Module | None = No
     learning rate and weight decay from ``config`` (a TrainConfig); see the module docstring.
 
     Groups are named ``maps``, ``prototypes``, ``users``, ``encoder`` and ``<name>_no_decay``; the user
-    group is lazy (``LazyRowsAdamW``): pass the step's users as ``rows`` to ``step``.
+    group is lazy (``LazyRowsAdamW``): pass the step's users as ``rows`` to ``step``. A learning rate the
+    config leaves None (not resolved by ``training.budget.resolve``) is the paper's rate at batch 1024.
     """
     named = dict(model.param_groups())
     if encoder is not None:
@@ -118,6 +121,8 @@ def make_optimizer(model: nn.Module, config: Any, encoder: nn.Module | None = No
     for name, params in named.items():
         lr_field, wd_field = GROUP_SETTINGS[name]
         lr, weight_decay = getattr(config, lr_field), getattr(config, wd_field)
+        if lr is None:
+            lr = BASE_LR[lr_field]
         if name in LAZY_GROUPS:
             parts = [(name, params, weight_decay)]
         else:

@@ -42,16 +42,20 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "pluralign-train-state"
 #: 2: modules by name (model., encoder.), the lazy user optimizer's per-row state, the loss scaler
-VERSION = 2
+#: 3: the step budget (evaluations every N steps, the learning-rate schedule, rows since the last record)
+VERSION = 3
 KEEP = 2
 _NAME = re.compile(r"^state-(\d{10})\.json$")
 #: TrainConfig fields that do not change the arithmetic of training (may differ on resume)
 NON_TRAJECTORY = {"epochs", "progress", "metrics_path", "checkpoint_dir", "checkpoint_every"}
-NON_TRAJECTORY |= {"checkpoint_seconds", "resume"}
+NON_TRAJECTORY |= {"checkpoint_seconds", "resume", "derived"}
 
 
 def trajectory_config(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NON_TRAJECTORY}
+    """The settings a resumed run must share with its checkpoint. The number of steps is one of them only
+    on a decaying schedule (at a constant learning rate a run may be resumed with more epochs)."""
+    skip = NON_TRAJECTORY | ({"max_steps"} if config.lr_schedule == "constant" else set())
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
 # --- optimizer state without pickle -------------------------------------------------------------------
@@ -133,6 +137,7 @@ def save_train_state(directory: str | Path, run: Run) -> Path:
         "global_step": state.global_step,
         "elapsed": run.seconds(),
         "stale": state.stale,
+        "window_rows": state.window_rows,
         "modules": sorted(run.modules),
         "has_best": state.best_state is not None,
         "history": dataclasses.asdict(state.history),
@@ -253,6 +258,7 @@ def load_train_state(directory: str | Path, run: Run) -> TrainState:
             best_state=best,
             stale=int(record["stale"]),
             elapsed=float(record["elapsed"]),
+            window_rows=int(record["window_rows"]),
         )
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(

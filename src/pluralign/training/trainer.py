@@ -1,6 +1,7 @@
-"""The fit loop of every model: index-based shuffled batches, AdamW with a learning rate per parameter
-group (training/optim.py), early stopping on validation accuracy, tqdm progress and per-epoch metrics as
-JSON lines, data parallel under torch.distributed (training/distributed.py).
+"""The fit loop of every model: a step budget derived from the data (training/budget.py), index-based
+shuffled batches, AdamW with a learning rate per parameter group (training/optim.py) on a warm-up + cosine
+schedule, validation every N steps with early stopping, tqdm progress and the evaluations' metrics as JSON
+lines, data parallel under torch.distributed (training/distributed.py).
 
 What varies between models is how a step turns its rows into a loss, a ``Feed``:
 
@@ -30,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pluralign.models.base import Batch, PreferenceModel, Tables
+from pluralign.training.budget import describe, lr_factor, resolve
 from pluralign.training.config import Callback, History, Run, TrainConfig, TrainState
 from pluralign.training.distributed import DistContext
 from pluralign.training.losses import LossFn, get_loss
@@ -200,8 +202,9 @@ def train_loop(
 ) -> History:
     """Train ``model`` (and ``feed.module``) in place on the rows of ``batch``; see the module docstring.
 
-    With ``val`` the weights of the best validation epoch are kept. Under torch.distributed every rank
-    runs its shard of each step's rows and the gradients are summed over ranks before the optimizer step.
+    The settings ``config`` leaves None are derived from the number of rows (``training.budget``). With
+    ``val`` the weights of the best validation step are kept. Under torch.distributed every rank runs its
+    shard of each step's rows and the gradients are summed over ranks before the optimizer step.
     ``config.checkpoint_dir`` needs a callback that checkpoints (``training.resume.Checkpointer``).
     """
     config = config or TrainConfig()
@@ -214,6 +217,8 @@ def train_loop(
     n = len(batch)
     if n == 0:
         raise ValueError("no training comparisons")
+    config = resolve(config, n)
+    logger.info("training on %s", describe(config, n))
     device = torch.device(config.device)
     amp_dtype = autocast_dtype(config.precision, config.device)
     modules = {"model": model, **({"encoder": feed.module} if feed.module is not None else {})}
@@ -228,28 +233,45 @@ def train_loop(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     step_rows = config.batch_size * config.grad_accum_steps
     steps_per_epoch = math.ceil(n / step_rows)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = config.max_steps
+    n_epochs = math.ceil(total / steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     fingerprint = data_fingerprint([*batch, *feed.fingerprint_tensors(), *_val_fingerprint(val)])
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    history = History(steps_per_epoch=steps_per_epoch)
-    state = TrainState(1, 0, 0, generator.get_state(), zero.clone(), zero.clone(), history, None, 0, 0.0)
+    history = History(steps_per_epoch=steps_per_epoch, settings=settings_of(config))
+    state = TrainState(
+        epoch=1,
+        step=0,
+        global_step=0,
+        generator_state=generator.get_state(),
+        loss_sum=zero.clone(),
+        correct=zero.clone(),
+        history=history,
+        best_state=None,
+        stale=0,
+        elapsed=0.0,
+    )
     run = Run(config, modules, optimizer, scaler, ddp, fingerprint, state)
     for cb in callbacks:
         cb.on_train_begin(run)
     state = run.state
-    state.history.steps_per_epoch = steps_per_epoch  # absent from older checkpoints
     state.loss_sum, state.correct = state.loss_sum.to(device), state.correct.to(device)
     history = state.history
     resumed_epoch, resumed_step = state.epoch, state.step
     generator.set_state(state.generator_state)
+    # the learning rate of step s is the base rate times lr_factor(s); a resumed run picks up at its step
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(s, total, config.warmup_steps, config.lr_schedule),
+        last_epoch=state.global_step - 1,
+    )
     metrics_file = None
     if config.metrics_path and ddp.is_main:
         Path(config.metrics_path).parent.mkdir(parents=True, exist_ok=True)
         metrics_file = open(config.metrics_path, "w")  # noqa: SIM115 - closed in finally
-        metrics_file.writelines(json.dumps(record) + "\n" for record in history.epochs)  # resumed epochs
+        metrics_file.writelines(json.dumps(record) + "\n" for record in history.records)  # resumed ones
     bar = tqdm(
         total=total,
         initial=min(state.global_step, total),
@@ -260,16 +282,17 @@ def train_loop(
     autocast = (
         (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     )
+    window_start = run.seconds()
+    stop = False
     try:
-        for epoch in range(resumed_epoch, config.epochs + 1):
+        for epoch in range(resumed_epoch, n_epochs + 1):
             for module in modules.values():
                 module.train()
-            epoch_start = run.seconds()
             # a checkpoint stores this state and regenerates the epoch's order from it
             state.epoch, state.generator_state = epoch, generator.get_state()
             order = epoch_order(batch.context.cpu(), step_rows, config.rows_per_context, generator)
             if epoch != resumed_epoch or resumed_step == 0:
-                state.step, state.loss_sum, state.correct = 0, zero.clone(), zero.clone()
+                state.step = 0
             while state.step < steps_per_epoch and state.global_step < total:
                 global_rows = order[state.step * step_rows : (state.step + 1) * step_rows].to(device)
                 local_rows = ddp.shard(global_rows)  # all of them in one process
@@ -288,6 +311,7 @@ def train_loop(
                     step_loss, step_correct = ddp.all_reduce_gradients(params, extras=extras).double()
                 state.loss_sum += step_loss
                 state.correct += step_correct
+                state.window_rows += len(global_rows)
                 if config.max_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -295,34 +319,29 @@ def train_loop(
                 touched = torch.unique(batch.user[global_rows]) if lazy else None
                 scaler.step(optimizer, rows=touched)
                 scaler.update()
+                scheduler.step()
                 state.step += 1
                 state.global_step += 1
                 bar.update(1)
+                if state.global_step % config.eval_every == 0 or state.global_step == total:
+                    record = _record(run, val, loss_fn, window_start)
+                    if metrics_file:
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                    bar.set_postfix(
+                        loss=f"{record['train_loss']:.4f}",
+                        **({"val_acc": f"{record['val_accuracy']:.4f}"} if "val_accuracy" in record else {}),
+                    )
+                    stop = _early_stopping(state, record, modules, config)
+                    for cb in callbacks:
+                        cb.on_evaluate(run)
+                    window_start = run.seconds()
+                    for module in modules.values():
+                        module.train()
                 for cb in callbacks:
                     cb.on_step_end(run)
-            seen = min(state.step * step_rows, n)
-            record = {
-                "epoch": epoch,
-                "train_loss": float(state.loss_sum) / seen,
-                "train_accuracy": float(state.correct) / seen,
-                "seconds": run.seconds() - epoch_start,
-                "steps": state.step,
-            }
-            if val is not None and len(val[0]):
-                record["val_loss"], record["val_accuracy"] = _validate(model, val, loss_fn, config, ddp)
-            history.epochs.append(record)
-            if metrics_file:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            bar.set_postfix(
-                epoch=epoch,
-                loss=f"{record['train_loss']:.4f}",
-                **({"val_acc": f"{record['val_accuracy']:.4f}"} if "val_accuracy" in record else {}),
-            )
-            logger.debug("epoch %d: %s", epoch, record)
-            stop = _early_stopping(state, record, modules, config)
-            for cb in callbacks:
-                cb.on_epoch_end(run)
+                if stop:
+                    break
             if stop or state.global_step >= total:
                 break
     finally:
@@ -335,12 +354,12 @@ def train_loop(
     for module in modules.values():
         module.eval()
     history.seconds = run.seconds()
-    rows_trained = sum(min(record["steps"] * step_rows, n) for record in history.epochs)
-    history.comparisons_per_second = rows_trained / max(history.seconds, 1e-9)
+    history.steps = state.global_step
+    history.comparisons_per_second = sum(r["rows"] for r in history.records) / max(history.seconds, 1e-9)
     logger.info(
-        "trained %d epochs (%d steps) in %.1fs (%.0f comparisons/s), best val accuracy %s",
-        len(history.epochs),
+        "trained %d steps (%.3g epochs) in %.1fs (%.0f comparisons/s), best val accuracy %s",
         state.global_step,
+        state.global_step / steps_per_epoch,
         history.seconds,
         history.comparisons_per_second,
         history.best_val_accuracy,
@@ -348,25 +367,79 @@ def train_loop(
     return history
 
 
+def settings_of(config: TrainConfig) -> dict:
+    """The resolved settings a history records (what the step budget chose, and what was given)."""
+    names = (
+        "batch_size",
+        "max_steps",
+        "epochs",
+        "lr_maps",
+        "lr_prototypes",
+        "lr_users",
+        "lr_schedule",
+        "warmup_steps",
+        "eval_every",
+        "patience",
+        "min_steps",
+    )
+    return {**{name: getattr(config, name) for name in names}, "derived": list(config.derived)}
+
+
+def _record(run: Run, val: ValData | None, loss_fn: LossFn, window_start: float) -> dict:
+    """The evaluation record of the rows trained on since the last one; resets the running sums."""
+    state, config = run.state, run.config
+    rows = max(state.window_rows, 1)
+    record = {
+        "step": state.global_step,
+        "epoch": state.global_step / state.history.steps_per_epoch,
+        "train_loss": float(state.loss_sum) / rows,
+        "train_accuracy": float(state.correct) / rows,
+        "rows": state.window_rows,
+        "lr_factor": run.optimizer.param_groups[0]["lr"] / run.optimizer.param_groups[0]["initial_lr"],
+        "seconds": run.seconds() - window_start,
+    }
+    if val is not None and len(val[0]):
+        record["val_loss"], record["val_accuracy"] = _validate(
+            run.modules["model"], val, loss_fn, config, run.ddp
+        )
+    state.loss_sum.zero_()
+    state.correct.zero_()
+    state.window_rows = 0
+    state.history.records.append(record)
+    logger.debug("step %d: %s", state.global_step, record)
+    return record
+
+
 def _early_stopping(
     state: TrainState, record: dict, modules: dict[str, nn.Module], config: TrainConfig
 ) -> bool:
-    """Keep the best validation epoch's weights; True when patience ran out."""
+    """Keep the best validation step's weights; True when patience ran out (never before min_steps).
+
+    Better: a higher validation accuracy (by more than ``min_delta``), or the same accuracy at a lower
+    validation loss (small validation sets tie often; the loss still tells the fits apart)."""
     history = state.history
     if "val_accuracy" not in record:
         return False
+    acc, loss = record["val_accuracy"], record["val_loss"]
+    best = history.best_val_accuracy
     if (
-        history.best_val_accuracy is None
-        or record["val_accuracy"] > history.best_val_accuracy + config.min_delta
+        best is None
+        or acc > best + config.min_delta
+        or (acc >= best and loss < (history.best_val_loss or math.inf))
     ):
-        history.best_val_accuracy, history.best_epoch = record["val_accuracy"], record["epoch"]
+        history.best_val_accuracy, history.best_val_loss = acc, loss
+        history.best_step = record["step"]
         state.best_state = {name: copy.deepcopy(m.state_dict()) for name, m in modules.items()}
         state.stale = 0
         return False
     state.stale += 1
-    if config.patience is not None and state.stale >= config.patience:
+    if (
+        config.patience is not None
+        and state.stale >= config.patience
+        and state.global_step >= config.min_steps
+    ):
         history.stopped_early = True
-        logger.info("early stop at epoch %d (best %d)", record["epoch"], history.best_epoch)
+        logger.info("early stop at step %d (best %d)", record["step"], history.best_step)
         return True
     return False
 
