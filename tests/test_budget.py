@@ -177,3 +177,20 @@ def test_held_out_share_is_seeded_and_can_be_turned_off(vectors, caplog):
     off = PALB(n_prototypes=2, dim=4, encoder=vectors, max_steps=40, val_fraction=0).fit(frame)
     assert off.history_.validation is None and off.history_.best_step is None
     assert sum(r["rows"] for r in off.history_.records) == 40 * 300  # all 300 rows, full batch
+
+
+def test_the_docs_show_what_the_code_prints(vectors):
+    """docs/training.md's example lines are the ones a 12-row fit prints, and its warning examples are the
+    warnings' own words."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    resolved = budget.resolve(TrainConfig(), 12)
+    assert budget.describe(vars(resolved), 12) in docs
+    frame = _rows([f"u{i}" for i in range(4)], 3)
+    est = PALB(n_prototypes=2, dim=4, encoder=vectors, max_steps=5).fit(frame)
+    assert est.history_.notes[-1] in docs  # too few rows to hold out
+    for case, frame, k in [
+        ("K = 3 prototypes for 3 users", _rows(["a", "b", "c"], 30), 3),
+        ("a single user: PALB with K = 3", _rows(["u"], 30), 3),
+    ]:
+        warnings = PALB(n_prototypes=k, dim=4, encoder=vectors, max_steps=5).fit(frame).fit_warnings_
+        assert next(w for w in warnings if case in w) in docs  # a DataFrame has no file name to prefix

@@ -36,8 +36,24 @@ app.add_typer(bench_app, name="bench")
 persona_app = typer.Typer(help="The PAL paper's Persona dataset (App. D.4).", no_args_is_help=True)
 app.add_typer(persona_app, name="persona")
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """A console for stdout or stderr. On a terminal, rich fits tables to its width; piped into a file,
+    it would cut them to 80 columns (``unsee...``): there, nothing is cut or wrapped."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+#: the width of output that goes into a pipe or file (wide enough that no table is ever cut)
+PIPE_WIDTH = 1000
+console = _console()
+err_console = _console(stderr=True)
+
+
+def show_progress() -> bool:
+    """Progress bars only when stderr is a terminal: piped into a log, they would be kilobytes of
+    carriage returns."""
+    return err_console.is_terminal
 
 
 class ModelKind(StrEnum):

@@ -17,6 +17,7 @@ from pluralign.cli.common import (
     emit,
     persona_app,
     setup,
+    show_progress,
 )
 from pluralign.errors import PluralignError
 
@@ -171,7 +172,12 @@ def embed(
     _, hit = store.get_many(unique.tolist())
     start = time.perf_counter()
     embed_texts(
-        unique.tolist(), enc, cache=store, batch_size=batch_size, show_progress=True, flush_every=flush_every
+        unique.tolist(),
+        enc,
+        cache=store,
+        batch_size=batch_size,
+        show_progress=show_progress(),
+        flush_every=flush_every,
     )
     seconds = time.perf_counter() - start
     new = int((~hit).sum())

@@ -18,8 +18,10 @@ from pluralign.cli.common import (
     command,
     console,
     emit,
+    err_console,
     print_table,
     setup,
+    show_progress,
     with_hyperparameters,
 )
 from pluralign.errors import PluralignError
@@ -56,7 +58,13 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (model/ + metrics.jsonl).")
     ] = None,
-    val: Annotated[Path | None, typer.Option(help="Validation preferences (early stopping).")] = None,
+    val: Annotated[
+        Path | None,
+        typer.Option(help="Validation preferences (early stopping; default: a share of each user's rows)."),
+    ] = None,
+    no_val: Annotated[
+        bool, typer.Option("--no-val", help="No validation: train the whole step budget on every row.")
+    ] = False,
     model: Annotated[ModelKind, typer.Option(help="Model family.")] = ModelKind.pal_b,
     encoder_trainable: Annotated[
         bool,
@@ -93,7 +101,11 @@ def train(
         out = resume
     elif train_data is None or out is None:
         raise PluralignError("give the TRAIN file and --out RUN_DIR (or --resume RUN_DIR)")
+    elif no_val and (val is not None or "val_fraction" in (hyper or {})):
+        raise PluralignError("--no-val trains without validation: give no --val or --val-fraction with it")
     else:
+        if no_val:
+            hyper = {**(hyper or {}), "val_fraction": 0.0}
         options = {
             "train_data": str(train_data.resolve()),
             "val": None if val is None else str(val.resolve()),
@@ -159,7 +171,7 @@ def _estimator(options: dict[str, Any], out: Path) -> Any:
     checkpointed = bool(params.get("checkpoint_every") or params.get("checkpoint_seconds"))
     return cls(
         **params,
-        progress=True,
+        progress=show_progress(),
         metrics_path=out / "metrics.jsonl",
         checkpoint_dir=out / CHECKPOINTS if checkpointed else None,
     )
@@ -185,6 +197,8 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
     est.save(out / "model")
     atomic_write_json(out / RUN_FILE, {**run_file, "status": "finished"})
     history = est.history_
+    for note in history.notes:
+        err_console.print(note, highlight=False, soft_wrap=True)
     last = history.records[-1]
     row = {
         "model": options["model"],
@@ -248,7 +262,7 @@ def select_k_command(
         criterion=criterion,
         n_se=n_se,
         rel_tol=rel_tol,
-        progress=True,
+        progress=show_progress(),
         **_paths_to_str(hyper or {}),
     )
     if out is not None:

@@ -223,13 +223,13 @@ class PALEstimator(BaseEstimator):
             raise DataError("no training comparisons", path=train.source)
         warnings = check_training_data(train, self.n_prototypes, type(self).__name__)
         users = pd.Index(train.user_ids[np.unique(train.user)].astype(str))
-        validation = None
+        validation, note = None, None
         if val is not None:
             val, validation = self._embed(val, train.context_dim), "given"
         elif self.val_fraction and config.patience is not None and config.epochs is None:
-            train, val, message = hold_out(train, self.val_fraction, self.seed)
+            train, val, note = hold_out(train, self.val_fraction, self.seed)
             validation = "held out" if val is not None else None
-            logger.info(message)
+            logger.info(note)
         model = self.build_model(len(users), train.item_dim, train.context_dim)
         train_part = (self.to_batch(train, rows_of(users, train)), self.to_tables(train))
         val_part = None
@@ -262,6 +262,7 @@ class PALEstimator(BaseEstimator):
             else:
                 history = fit(model, train_part, val_part, config, checkpoint_callbacks(config))
         history.validation = validation if val_part is not None and len(val_part[0]) else None
+        history.notes += [note] if note else []
         warnings += check_fit(history)
         self.model_, self.users_, self.n_seen_users_ = model, users, len(users)
         self.item_dim_, self.context_dim_ = train.item_dim, train.context_dim

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 #: up to this many rows, every step sees all of them (full-batch gradient descent)
@@ -98,6 +99,8 @@ def resolve(config: Any, n: int) -> Any:
         steps = config.max_steps or min(MAX_STEPS, max(MIN_STEPS, wanted))
         choose("epochs", math.ceil(steps / steps_per_epoch))
     values["max_steps"] = steps
+    if config.max_steps is None and not explicit_epochs:
+        derived.append("max_steps")
     schedule = choose("lr_schedule", "constant" if explicit_epochs else "cosine")
     if schedule not in SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
@@ -110,14 +113,17 @@ def resolve(config: Any, n: int) -> Any:
     return dataclasses.replace(config, **values)
 
 
-def describe(config: Any, n: int) -> str:
-    """One line saying what a resolved config does with ``n`` comparisons, e.g. for the CLI's log."""
-    auto = set(config.derived)
-    mark = {name: " (auto)" if name in auto else "" for name in ("batch_size", "max_steps", "lr_maps")}
+def describe(settings: Mapping[str, Any], n: int) -> str:
+    """One line saying what a resolved config (or a history's ``settings``) does with ``n`` comparisons."""
+    auto = set(settings.get("derived", ()))
+
+    def mark(name: str) -> str:
+        return " (auto)" if name in auto else ""
+
+    batch, steps = settings["batch_size"], settings["max_steps"]
     return (
-        f"{n:,} comparisons: batch {config.batch_size:,}{mark['batch_size']}, up to {config.max_steps:,} "
-        f"steps{mark['max_steps']} ({config.max_steps * config.batch_size / max(n, 1):.3g} epochs), "
-        f"{config.lr_schedule} learning rate (maps {config.lr_maps:.2g}, prototypes "
-        f"{config.lr_prototypes:.2g}, users {config.lr_users:.2g}){mark['lr_maps']}, evaluation every "
-        f"{config.eval_every} steps"
+        f"{n:,} comparisons: batch {batch:,}{mark('batch_size')}, up to {steps:,} steps{mark('max_steps')}"
+        f" ({steps * batch / max(n, 1):.3g} epochs), {settings['lr_schedule']} learning rate (maps "
+        f"{settings['lr_maps']:.2g}, prototypes {settings['lr_prototypes']:.2g}, users "
+        f"{settings['lr_users']:.2g}){mark('lr_maps')}, evaluation every {settings['eval_every']} steps"
     )

@@ -140,6 +140,8 @@ class History:
     settings: dict = field(default_factory=dict)
     #: where the validation data came from: "given", "held out" (a share of each user's rows) or None
     validation: str | None = None
+    #: what a user should read about the fit: the budget it chose, where its validation rows came from
+    notes: list[str] = field(default_factory=list)
 
     @property
     def epochs(self) -> list[dict]:

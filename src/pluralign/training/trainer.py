@@ -17,6 +17,7 @@ as a ``Callback`` (``training.resume.Checkpointer``); this module does not impor
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -218,7 +219,8 @@ def train_loop(
     if n == 0:
         raise ValueError("no training comparisons")
     config = resolve(config, n)
-    logger.info("training on %s", describe(config, n))
+    plan = describe(dataclasses.asdict(config), n)
+    logger.info("training on %s", plan)
     device = torch.device(config.device)
     amp_dtype = autocast_dtype(config.precision, config.device)
     modules = {"model": model, **({"encoder": feed.module} if feed.module is not None else {})}
@@ -238,7 +240,7 @@ def train_loop(
     generator = torch.Generator().manual_seed(config.seed)
     fingerprint = data_fingerprint([*batch, *feed.fingerprint_tensors(), *_val_fingerprint(val)])
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    history = History(steps_per_epoch=steps_per_epoch, settings=settings_of(config))
+    history = History(steps_per_epoch=steps_per_epoch, settings=settings_of(config), notes=[plan])
     state = TrainState(
         epoch=1,
         step=0,
