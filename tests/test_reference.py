@@ -36,7 +36,7 @@ def test_reference_is_deterministic_and_seeded() -> None:
 def test_lifted_vectors_keep_the_latent_truth() -> None:
     """The 384-d vectors project back onto the latent model's vectors exactly, noise orthogonal to them:
     the labels are those of the latent PAL-B model, whose true margins give the ceiling."""
-    ref = make_reference(**SMALL, seed=2, ceiling=0.8)
+    ref = make_reference(**SMALL, seed=2, ceiling=0.8, spread=1.0)
     latent = make_synthetic(
         model="pal_b", setting="groups", dim=16, n_prototypes=4, n_users=100, n_train=40, n_test=20,
         noise=ref.noise, n_items=500, n_contexts=2000, seed=2,

@@ -8,7 +8,9 @@ Bradley-Terry-Luce labels at the temperature that puts the Bayes ceiling at ``ce
 are then lifted into ``dim`` dimensions, as sentence embeddings would be: ``v = Q z + e``, with ``Q`` a
 random ``dim x latent_dim`` matrix of orthonormal columns and ``e`` isotropic noise projected onto the
 orthogonal complement of ``Q``'s columns (so ``Q^T v = z`` exactly and the labels stay those of the latent
-model, while every vector is full rank and most of its norm carries no preference signal).
+model, while every vector is full rank). ``spread`` (default 0.3) sets the noise's norm relative to the
+signal's (about 1): at 1.0 a PAL-B-Tiny model (2-layer maps of width 384) overfits the 200k rows after
+about five epochs and peaks near 0.84; at 0.3 it approaches the ceiling (0.85 in seven epochs of 4,096).
 
 The Bayes ceiling is the accuracy of the true reward on the held-out rows in expectation over the labels,
 ``mean(max(p, 1 - p))`` with ``p = sigmoid(true margin / T)``: no model of the data can exceed it in
@@ -68,7 +70,7 @@ def make_reference(
     n_items: int = 10_000,
     n_contexts: int = 2_000,
     ceiling: float = REFERENCE_CEILING,
-    spread: float = 1.0,
+    spread: float = 0.3,
     seed: int = 0,
 ) -> ReferenceDataset:
     """The reference data (module docstring); defaults: 2,000 users x 100 training comparisons = 200k,
