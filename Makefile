@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints/lowest.txt | 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k clean test-lowest test-latest
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k bench-defaults clean test-lowest test-latest
 
 $(STAMP): pyproject.toml constraints/lowest.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-pal-large bench-select-k
+bench: bench-synthetic bench-few-shot bench-train-speed bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-pal-large bench-select-k bench-defaults
 
 bench-synthetic: venv  ## PAL paper Sec. 4.2: accuracy vs K and the few-shot curve (JSON + PNG in runs/bench)
 	$(BIN)/pluralign bench synthetic --out runs/bench/synthetic
@@ -81,6 +81,9 @@ bench-dpo-heterogeneous: venv  ## DPO vs MixDPO vs EM-DPO + MMRA on planted user
 
 bench-select-k: venv  ## choosing K: how often select-k picks K* over seeds (synthetic K* = 3, Persona K* = 2..6) vs argmax accuracy
 	$(BIN)/pluralign bench select-k --out runs/bench/select_k
+
+bench-defaults: venv  ## issue 14: the library's default training vs a tuning grid, 12 rows to 4M, 1 and 2 threads
+	$(BIN)/pluralign bench defaults --out runs/bench/defaults
 
 # The DPO family at both ends of its version ranges, each in its own venv outside git (see constraints/lowest.txt).
 DPO_STACK := trl transformers peft accelerate datasets gguf

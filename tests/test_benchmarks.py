@@ -140,3 +140,60 @@ def test_select_k_benchmark(tmp_path):
                                       "one-SE on accuracy", "argmax accuracy (naive)"}  # fmt: skip
         assert all(k in run["k_values"] for k in run["chosen"].values())
     assert (tmp_path / "select_k.png").stat().st_size > 0
+
+
+def test_defaults_benchmark(tmp_path):
+    tiny = [
+        "--reference-users",
+        "10",
+        "--reference-comparisons",
+        "20",
+        "--threads",
+        "1",
+        "--grid-epochs",
+        "60",
+        "--grid-lr-mults",
+        "1",
+        "16",
+    ]
+    common = [*tiny, "--cache", str(tmp_path / "cache"), "--seed", "0"]
+    argv = ["--quick", "--datasets", "examples", "reference", *common, "--out", str(tmp_path / "a")]
+    assert _main("defaults")(argv) == 0
+    payload = json.loads((tmp_path / "a" / "results.json").read_text())
+    from pluralign.estimator import PALB
+
+    lr = {name: getattr(PALB(), name) for name in ("lr_maps", "lr_prototypes", "lr_users")}
+    assert set(payload["results"]) == set(payload["summary"]) == {"examples", "reference"}
+    for name, result in payload["results"].items():
+        (defaults,) = result["defaults"].values()  # one thread
+        assert defaults["threads"] == 1
+        run = defaults["defaults"]
+        assert run["params"] == {}  # the library's defaults: no training argument at all
+        assert run["comparisons_per_second"] > 0 and run["steps_run"] >= 1 and run["epochs_run"] >= 1
+        grid = result["grid"]["grid"]
+        n = defaults["train_rows"]
+        # --quick: batches {full, 256} capped at the rows (deduplicated) x the lr multipliers given
+        assert sorted({(g["batch_size"], g["lr_mult"]) for g in grid}) == sorted(
+            {(b, m) for b in (n, min(256, n)) for m in (1.0, 16.0)}
+        )
+        for g in grid:
+            assert all(g["params"][k] == pytest.approx(v * g["lr_mult"]) for k, v in lr.items())
+        summary = payload["summary"][name]
+        best = max(g["heldout_accuracy"] for g in grid)
+        assert summary["best"]["heldout_accuracy"] == best
+        assert summary["gap"] == pytest.approx(run["heldout_accuracy"] - best)
+        assert summary["gap_target_met"] == (summary["gap"] >= -0.005)
+        assert summary["wall_target_met"] == (run["wall_seconds"] <= 60)
+    assert payload["results"]["examples"]["defaults"]["1"]["train_rows"] == 12
+    # the 12 rows are learnable: K = 3 at lr x16 finds the two shared preferences (x1 memorizes each user)
+    assert payload["summary"]["examples"]["best"]["heldout_accuracy"] > 0.9
+    ref = payload["summary"]["reference"]
+    assert ref["bayes_ceiling"] == pytest.approx(0.871, abs=1e-6)
+    assert isinstance(ref["reference_accuracy_target_met"], bool)
+    assert isinstance(ref["reference_speed_target_met"], bool)
+    # the same seeds give the same accuracies
+    again = ["--datasets", "reference", "--no-grid", *common, "--out", str(tmp_path / "b")]
+    assert _main("defaults")(again) == 0
+    rerun = json.loads((tmp_path / "b" / "results.json").read_text())["results"]["reference"]
+    first = payload["results"]["reference"]["defaults"]["1"]["defaults"]
+    assert rerun["defaults"]["1"]["defaults"]["heldout_accuracy"] == first["heldout_accuracy"]

@@ -214,3 +214,14 @@ def test_true_margins_needs_weights_for_foreign_user_tables() -> None:
     with pytest.raises(ValueError, match="pass the users' weights"):
         ds.true_margins(foreign)
     assert (ds.true_margins(foreign, ds.true_weights) > 0).all()
+
+
+@pytest.mark.parametrize("n_users", [12, 13])
+def test_groups_setting_gives_equal_groups(n_users: int) -> None:
+    ds = make_synthetic(model="pal_b", setting="groups", n_prototypes=4, n_users=n_users, seed=3)
+    assert set(np.unique(ds.true_weights)) == {0.0, 1.0}
+    sizes = ds.true_weights.sum(0)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == n_users
+    again = make_synthetic(model="pal_b", setting="groups", n_prototypes=4, n_users=n_users, seed=3)
+    np.testing.assert_array_equal(ds.true_weights, again.true_weights)
+    assert not np.array_equal(ds.true_weights.argmax(1), np.arange(n_users) % 4)  # shuffled, not in turn

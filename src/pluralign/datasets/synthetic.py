@@ -12,7 +12,8 @@ items and contexts ~ N(0, I/d); r_i(x, c) = <f*(x), sum_k w_ik g*_k(c)>.
 
 User weights: "mixture" draws W ~ N(0, I) as the paper states and maps it to the simplex with a softmax,
 as our models parametrize weights (``mixture_weights="dirichlet"`` draws Dirichlet(1), uniform on the
-simplex, instead); "partition" puts each user on one prototype chosen uniformly at random.
+simplex, instead); "partition" puts each user on one prototype chosen uniformly at random; "groups" puts
+each user on one prototype too, in groups as equal as possible (n_users // K or one more), in random order.
 
 Labels: ``noise=None`` gives the paper's deterministic labels, sign of the reward difference; a float T
 gives Bradley-Terry-Luce labels, P(x_l preferred) = sigmoid((r(x_l) - r(x_r)) / T). Each comparison
@@ -39,7 +40,7 @@ from pluralign.data.comparisons import PreferenceData
 __all__ = ["SyntheticDataset", "make_synthetic", "write_synthetic"]
 
 MODELS = ("pal_a", "pal_b")
-SETTINGS = ("mixture", "partition")
+SETTINGS = ("mixture", "partition", "groups")
 MIXTURE_WEIGHTS = ("softmax", "dirichlet")
 
 # Rows per block when evaluating PAL-B rewards.
@@ -308,6 +309,8 @@ def _draw_prototypes(rng: np.random.Generator, k: int, d: int, min_distance: flo
 def _draw_weights(rng: np.random.Generator, n: int, k: int, setting: str, mixture: str) -> np.ndarray:
     if setting == "partition":
         return np.eye(k)[rng.integers(k, size=n)]
+    if setting == "groups":
+        return np.eye(k)[rng.permutation(np.arange(n) % k)]
     if mixture == "dirichlet":
         return rng.dirichlet(np.ones(k), size=n)
     return softmax(rng.normal(size=(n, k)), axis=1)
