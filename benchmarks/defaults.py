@@ -73,6 +73,7 @@ from pluralign.datasets.persona import build_persona, embed_persona
 from pluralign.datasets.reference import make_reference
 from pluralign.encoders import default_encoder, embed_data, open_cache
 from pluralign.estimator import PALB
+from pluralign.training import budget
 from pluralign.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,10 +153,10 @@ def _history_fields(est: PALB) -> dict:
         for f in dataclasses.fields(history)
         if isinstance(getattr(history, f.name), int | float | bool | str | type(None))
     }
-    epochs = history.epochs
-    out["epochs_run"] = len(epochs)
-    out["steps_run"] = int(sum(e.get("steps", 0) for e in epochs))
-    out["train_accuracy"] = epochs[-1]["train_accuracy"] if epochs else None
+    out["steps_run"] = history.steps
+    out["epochs_run"] = history.steps / history.steps_per_epoch if history.steps_per_epoch else None
+    out["train_accuracy"] = history.records[-1]["train_accuracy"] if history.records else None
+    out["settings"] = history.settings
     return out
 
 
@@ -167,7 +168,7 @@ def _fit(loaded: Loaded, params: dict, val: PreferenceData | None = None) -> tup
     run = {
         "params": params,
         "n_prototypes": est.n_prototypes,
-        "batch_size": est.batch_size,
+        "batch_size": est.history_.settings.get("batch_size", est.batch_size),
         "wall_seconds": wall,
         "heldout_accuracy": est.score(loaded.test),
         **_history_fields(est),
@@ -180,9 +181,9 @@ def grid_points(n: int, batches: list[str], mults: list[float]) -> list[tuple[in
     return [(b, m) for b in sizes for m in mults]
 
 
-def lr_params(mult: float) -> dict:
-    base = PALB().get_params()
-    return {name: base[name] * mult for name in LR_NAMES}
+def lr_params(mult: float, batch_size: int) -> dict:
+    """The learning rates the library derives for ``batch_size`` (``training.budget``), times ``mult``."""
+    return {name: budget.BASE_LR[name] * budget.lr_scale(batch_size, name) * mult for name in LR_NAMES}
 
 
 def run_child(args: argparse.Namespace) -> dict:
@@ -206,7 +207,9 @@ def run_child(args: argparse.Namespace) -> dict:
         extra = {} if args.grid_epochs is None else {"epochs": args.grid_epochs}
         out["grid"] = []
         for b, m in grid_points(n, args.grid_batches, args.grid_lr_mults):
-            out["grid"].append(_fit(loaded, {"batch_size": b, **lr_params(m), **extra})[1] | {"lr_mult": m})
+            out["grid"].append(
+                _fit(loaded, {"batch_size": b, **lr_params(m, b), **extra})[1] | {"lr_mult": m}
+            )
             progress(args, out["grid"][-1])
     if args.mode == "curve":  # curve: fixed steps, the held-out rows scored after every epoch
         out["curve"] = []
@@ -215,16 +218,15 @@ def run_child(args: argparse.Namespace) -> dict:
             steps = min(max(args.curve_steps), max(args.curve_max_comparisons // b, per_epoch))
             params = {
                 "batch_size": b,
-                **lr_params(m),
+                **lr_params(m, b),
                 "epochs": math.ceil(steps / per_epoch),
                 "patience": None,
             }
             est, run = _fit(loaded, params, loaded.test)
-            done = np.cumsum([e["steps"] for e in est.history_.epochs])
-            seconds = np.cumsum([e["seconds"] for e in est.history_.epochs])
+            seconds = np.cumsum([r["seconds"] for r in est.history_.records])
             points = [
-                {"steps": int(done[i]), "seconds": float(seconds[i]), "heldout_accuracy": e["val_accuracy"]}
-                for i, e in enumerate(est.history_.epochs)
+                {"steps": r["step"], "seconds": float(seconds[i]), "heldout_accuracy": r["val_accuracy"]}
+                for i, r in enumerate(est.history_.records)
             ]
             out["curve"].append({"batch_size": b, "lr_mult": m, "points": points, **run})
             progress(args, out["curve"][-1])

@@ -25,13 +25,14 @@ def test_budget_follows_the_data_size():
     assert small.batch_size == 12  # full batch
     assert small.max_steps == budget.MIN_STEPS + 100 or small.max_steps >= budget.MIN_STEPS
     assert small.lr_schedule == "cosine" and small.warmup_steps > 0
-    assert small.lr_maps == budget.BASE_LR["lr_maps"]  # no scaling below batch 1024
+    assert small.lr_maps == budget.BASE_LR["lr_maps"]  # the maps' rate is not scaled down below 1024
+    assert small.lr_users == pytest.approx(0.2 * budget.BASE_LR["lr_users"])  # the users' is
     assert 0 < small.min_steps < small.max_steps
     assert set(small.derived) >= {"batch_size", "epochs", "lr_maps", "eval_every", "min_steps"}
 
     large = budget.resolve(TrainConfig(), 200_000)
     assert large.batch_size == budget.MAX_BATCH
-    assert large.lr_users == pytest.approx(budget.BASE_LR["lr_users"] * budget.MAX_LR_SCALE)
+    assert large.lr_users == pytest.approx(budget.BASE_LR["lr_users"] * budget.LR_SCALE_RANGE["lr_users"][1])
     assert budget.MIN_STEPS <= large.max_steps <= budget.MAX_STEPS
     assert large.eval_every == math.ceil(large.max_steps / budget.EVALUATIONS)
     # more data: never a smaller batch, and fewer passes over it
@@ -108,12 +109,12 @@ def test_twelve_hand_written_rows_learn_with_the_defaults(tiny_vectors, with_val
         est = PALB().fit(train, val if with_val else None)
     assert est.score(train) > majority + 0.25
     assert est.history_.records[-1]["train_accuracy"] > majority
-    assert est.score(val) > 0.5  # and it carries over to the other questions
+    assert est.score(val) >= 0.9  # and it carries over to the other questions (1.0 for seeds 0-5)
     assert est.history_.validation == ("given" if with_val else None)  # 12 rows: too few to hold out
     assert est.fit_warnings_ == [] and not caplog.records
-    # the short-answer people lean on one prototype, the long-answer people on another
-    w = est.user_weights()
-    assert w.loc["ana"].idxmax() == w.loc["ben"].idxmax() != w.loc["cleo"].idxmax() == w.loc["dev"].idxmax()
+    # the two short-answer people lean on the same prototype, which no long-answer person does
+    top = est.user_weights().idxmax(axis=1)
+    assert top["ana"] == top["ben"] and top["ana"] not in {top["cleo"], top["dev"]}
 
 
 def _rows(users: list[str], n_each: int, flip_every: int | None = None) -> pd.DataFrame:

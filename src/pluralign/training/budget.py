@@ -7,8 +7,9 @@ A fit is a number of optimizer steps, not of epochs, so the same defaults work o
                    to a power of two, between FULL_BATCH_ROWS and MAX_BATCH
     steps          the number of passes AUTO_EPOCHS(n) the data needs (many for small data, few for large),
                    turned into steps and kept between MIN_STEPS and MAX_STEPS
-    learning rates the paper's (App. D.2: maps 5e-4, prototypes and users 5e-3, at batch 1024) times
-                   sqrt(batch / 1024), kept between 1x and MAX_LR_SCALE x (larger batches, less noise)
+    learning rates BASE_LR at batch 1024 (PAL App. D.2's x 2 for the maps and prototypes, x 5 for the
+                   users) times sqrt(batch / 1024), kept within LR_SCALE_RANGE (the users' rate lower
+                   on small full-batch data, every rate at most 2x on large batches)
     schedule       linear warm-up over WARMUP_SHARE of the steps, then cosine decay to MIN_LR_SHARE
     evaluation     every steps / EVALUATIONS steps; early stopping after ``patience`` evaluations without
                    a better validation score, never before ``min_steps`` (MIN_STEPS_SHARE of the steps)
@@ -34,9 +35,14 @@ AUTO_EPOCHS_SCALE = 20_000.0
 MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS = 4.0, 500.0
 MIN_STEPS, MAX_STEPS = 400, 4000
 BASE_BATCH = 1024
-#: the paper's learning rates at BASE_BATCH (App. D.2)
-BASE_LR = {"lr_maps": 5e-4, "lr_prototypes": 5e-3, "lr_users": 5e-3}
-MAX_LR_SCALE = 4.0
+#: learning rates at BASE_BATCH: PAL App. D.2's (5e-4, 5e-3, 5e-3) x 2 for the maps and prototypes and x 5
+#: for the users' weight logits (each user moves only on the steps that hold one of their rows), as the
+#: defaults benchmark's grids on Polis and the reference synthetic data found (docs/defaults.md)
+BASE_LR = {"lr_maps": 1e-3, "lr_prototypes": 1e-2, "lr_users": 2.5e-2}
+#: the range of sqrt(batch / BASE_BATCH) each rate follows. The users' rate goes down to 0.2x on small
+#: (full-batch) data, where every step moves every user: at the larger rate, users of a 12-row set commit
+#: to a prototype before the prototypes have found what users share (held-out 0.75 vs 1.0 over 6 seeds)
+LR_SCALE_RANGE = {"lr_maps": (1.0, 2.0), "lr_prototypes": (1.0, 2.0), "lr_users": (0.2, 2.0)}
 WARMUP_SHARE = 0.05
 MIN_LR_SHARE = 0.1
 EVALUATIONS = 50
@@ -56,9 +62,10 @@ def auto_epochs(n: int) -> float:
     return min(MAX_AUTO_EPOCHS, max(MIN_AUTO_EPOCHS, AUTO_EPOCHS_SCALE / math.sqrt(max(n, 1))))
 
 
-def lr_scale(batch_size: int) -> float:
-    """Factor on the paper's learning rates for ``batch_size``: sqrt(batch / 1024) in [1, MAX_LR_SCALE]."""
-    return min(MAX_LR_SCALE, max(1.0, math.sqrt(batch_size / BASE_BATCH)))
+def lr_scale(batch_size: int, name: str = "lr_maps") -> float:
+    """Factor on ``BASE_LR[name]`` for ``batch_size``: sqrt(batch / 1024) within ``LR_SCALE_RANGE[name]``."""
+    low, high = LR_SCALE_RANGE[name]
+    return min(high, max(low, math.sqrt(batch_size / BASE_BATCH)))
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -105,7 +112,7 @@ def resolve(config: Any, n: int) -> Any:
     if schedule not in SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     for name, base in BASE_LR.items():
-        choose(name, base * lr_scale(batch))
+        choose(name, base * lr_scale(batch, name))
     choose("warmup_steps", 0 if schedule == "constant" else math.ceil(WARMUP_SHARE * steps))
     choose("eval_every", steps_per_epoch if explicit_epochs else max(1, math.ceil(steps / EVALUATIONS)))
     choose("min_steps", 0 if explicit_epochs else math.ceil(MIN_STEPS_SHARE * steps))

@@ -34,6 +34,8 @@ GROUP_SETTINGS = {
 }
 #: groups updated row by row (only the rows a step touches)
 LAZY_GROUPS = {"users"}
+#: devices with torch's fused AdamW kernel
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 class LazyRowsAdamW(torch.optim.AdamW):
@@ -41,8 +43,17 @@ class LazyRowsAdamW(torch.optim.AdamW):
 
     A lazy parameter's state is ``step`` (Adam's step count, one per row), ``exp_avg`` and ``exp_avg_sq``;
     a row not in ``rows`` keeps its value and state bit for bit. ``step(rows=None)`` updates every row,
-    which is plain AdamW with per-row bias correction. Other groups are plain AdamW (``foreach``).
+    which is plain AdamW with per-row bias correction. Other groups are plain AdamW (``fused`` or
+    ``foreach``, as constructed).
+
+    A fused AdamW would take a ``GradScaler``'s scale and inf flags inside its step and so skip the lazy
+    rows' unscaling: this class declines that protocol, so a scaler unscales every gradient first and
+    skips the whole step on an overflow, as for an unfused optimizer.
     """
+
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._step_supports_amp_scaling = False
 
     def step(self, closure: Any = None, *, rows: torch.Tensor | None = None) -> None:  # type: ignore[override]
         """One update; ``rows``: unique row indices of the lazy parameters this step touched."""
@@ -133,5 +144,8 @@ def make_optimizer(model: nn.Module, config: Any, encoder: nn.Module | None = No
             for n, ps, wd in parts
             if ps
         ]
-    # foreach=True: one fused update per group instead of a Python loop over tensors.
+    # fused: one kernel pass per parameter for the whole Adam update (CPU and CUDA; about 3x faster per
+    # step than foreach on CPU, which runs ~10 vectorized passes over every tensor); foreach elsewhere
+    if all(p.device.type in FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"]):
+        return LazyRowsAdamW(groups, fused=True)
     return LazyRowsAdamW(groups, foreach=True)
