@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     np.seterr(all="ignore")
     if getattr(args, "rows_per_context", None) == 0:
-        args.rows_per_context = None
+        args.rows_per_context = 1
     args.func(args)
     return 0
 

@@ -256,7 +256,7 @@ def run_child(args: argparse.Namespace) -> dict:
         patience=None,
         progress=False,
         seed=args.seed,
-        rows_per_context=int(args.only.removeprefix("grouped-")) if grouped else None,
+        rows_per_context=int(args.only.removeprefix("grouped-")) if grouped else 1,
     )
     if args.only == "profile":
         from torch.profiler import ProfilerActivity, profile

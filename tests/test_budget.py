@@ -195,3 +195,15 @@ def test_the_docs_show_what_the_code_prints(vectors):
     ]:
         warnings = PALB(n_prototypes=k, dim=4, encoder=vectors, max_steps=5).fit(frame).fit_warnings_
         assert next(w for w in warnings if case in w) in docs  # a DataFrame has no file name to prefix
+
+
+def test_select_k_fits_train_a_share_of_the_budget():
+    from pluralign.selection import selection_steps
+
+    full = budget.resolve(TrainConfig(), 90_000).max_steps  # 100k rows less the 10% validation share
+    assert selection_steps(PALB(), 100_000, 0.5) == {"max_steps": math.ceil(0.5 * full)}
+    assert selection_steps(PALB(), 100_000, 1.0) == {}
+    assert selection_steps(PALB(max_steps=77), 100_000, 0.5) == {}  # what the user fixed, every fit trains
+    assert selection_steps(PALB(epochs=3), 100_000, 0.5) == {}
+    half_batch = budget.resolve(TrainConfig(batch_size=512), 90_000).max_steps
+    assert selection_steps(PALB(batch_size=512), 100_000, 0.5) == {"max_steps": math.ceil(0.5 * half_batch)}

@@ -29,6 +29,11 @@ loss. ``criterion="combined"`` (the default) applies the rule to seen-user log l
 accuracy and chooses the larger of the two Ks: the smallest K within noise of the best on both held-out
 comparisons and held-out users. (New-user few-shot *log loss* is reported but is a poor criterion: with
 few answers it is dominated by a few confident mistakes.)
+
+Cost. Each fit trains on ``budget_share`` (default 0.5) of the step budget the same data would get from
+``pluralign train`` (``pluralign.training.budget``), with early stopping on the automatic validation share:
+choosing K compares Ks fold by fold and needs no fit's last fraction of a point. Given ``max_steps`` or
+``epochs``, every fit trains exactly that; ``budget_share=1`` gives each fit the whole budget.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ from pluralign.data.comparisons import PreferenceData
 from pluralign.data.splits import split_per_user, split_users, take_per_user
 from pluralign.errors import DataError, PluralignError
 from pluralign.estimator import PALA, PALB, DataLike, PALEstimator
+from pluralign.training import budget
+from pluralign.training.config import TrainConfig
 
 __all__ = [
     "CRITERIA",
@@ -310,6 +317,7 @@ def select_k(
     criterion: str = "combined",
     n_se: float = 1.0,
     rel_tol: float = 0.01,
+    budget_share: float = 0.5,
     progress: bool = False,
     **params: Any,
 ) -> KSelection:
@@ -317,7 +325,8 @@ def select_k(
 
     ``model`` is "pal-b" or "pal-a"; ``params`` go to the estimator (``PALB(n_prototypes=K, **params)``),
     including ``encoder``/``cache_dir`` for data that is not embedded yet. ``held_out_users`` = 0 skips the
-    new-user metrics (then ``criterion`` must be a seen-user metric).
+    new-user metrics (then ``criterion`` must be a seen-user metric). ``budget_share``: the share of the
+    derived step budget each fit trains (module docstring).
     """
     start = time.perf_counter()
     k_values = _check_k_values(k_values)
@@ -335,6 +344,8 @@ def select_k(
         raise PluralignError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if shots < 1:
         raise PluralignError(f"shots must be >= 1, got {shots}")
+    if not 0.0 < budget_share <= 1.0:
+        raise PluralignError(f"budget_share must be in (0, 1], got {budget_share}")
     new_metrics = held_out_users > 0
     if not new_metrics and criterion != "seen_accuracy" and criterion != "seen_log_loss":
         raise PluralignError(
@@ -376,8 +387,9 @@ def select_k(
                 "new_test_rows": 0 if new_test is None else len(new_test),
             }
         )
+        steps = selection_steps(template, len(train), budget_share)
         for i, k in enumerate(k_values):
-            est = cls(**{**params, "n_prototypes": k, "seed": seed + f})
+            est = cls(**{**params, **steps, "n_prototypes": k, "seed": seed + f})
             est.fit(train)
             for metric, value in _evaluate(est, test, adapt, new_test).items():
                 scores[metric][i, f] = value
@@ -416,6 +428,7 @@ def select_k(
             "shots": shots,
             "n_se": n_se,
             "rel_tol": rel_tol,
+            "budget_share": budget_share,
             "n_users": n_users,
             "n_comparisons": len(data),
             "params": {k: v for k, v in params.items() if isinstance(v, int | float | str | bool | None)},
@@ -423,6 +436,23 @@ def select_k(
         },
         seconds=time.perf_counter() - start,
     )
+
+
+def selection_steps(template: PALEstimator, n_rows: int, share: float) -> dict[str, int]:
+    """``{"max_steps": ...}``: ``share`` of the step budget a fit of ``template`` would derive for
+    ``n_rows`` comparisons (less its automatic validation share); nothing when the template fixes its own
+    ``max_steps`` or ``epochs``, or ``share`` is 1."""
+    if share >= 1.0 or template.max_steps is not None or template.epochs is not None:
+        return {}
+    config = TrainConfig(
+        **{name: getattr(template, name) for name in BUDGET_FIELDS if hasattr(template, name)}
+    )
+    rows = max(1, round(n_rows * (1.0 - template.val_fraction)))
+    return {"max_steps": max(1, math.ceil(share * budget.resolve(config, rows).max_steps))}
+
+
+#: the TrainConfig fields the step budget depends on
+BUDGET_FIELDS = ("batch_size", "grad_accum_steps", "epochs", "max_steps")
 
 
 def describe_rule(criterion: str, n_se: float, rel_tol: float, folds: int) -> str:

@@ -239,6 +239,9 @@ def select_k_command(
         float, typer.Option(help="... plus this share of the criterion's range over K.")
     ] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed (fold f uses seed + f).")] = 0,
+    budget_share: Annotated[
+        float, typer.Option(help="Share of the derived step budget each fit trains (1: all of it).")
+    ] = 0.5,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the full result as JSON.")] = None,
     verbose: Verbose = False,
     as_json: JsonOut = False,
@@ -262,6 +265,7 @@ def select_k_command(
         criterion=criterion,
         n_se=n_se,
         rel_tol=rel_tol,
+        budget_share=budget_share,
         progress=show_progress(),
         **_paths_to_str(hyper or {}),
     )

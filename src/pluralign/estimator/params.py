@@ -156,7 +156,8 @@ TINY_PARAMS: tuple[Param, ...] = (
         "rows_per_context",
         None,
         int | None,
-        "Build batches from runs of this many rows sharing a prompt.",
+        "Build batches from runs of this many rows sharing a prompt (1: plain shuffle; none: 8 when prompts "
+        "have >= 32 rows each and batches >= 4,096 rows, else 1).",
         "training",
     ),
     P("eval_batch_size", 65536, int, "Rows per chunk when scoring validation data.", "training"),

@@ -13,6 +13,9 @@ A fit is a number of optimizer steps, not of epochs, so the same defaults work o
     schedule       linear warm-up over WARMUP_SHARE of the steps, then cosine decay to MIN_LR_SHARE
     evaluation     every steps / EVALUATIONS steps; early stopping after ``patience`` evaluations without
                    a better validation score, never before ``min_steps`` (MIN_STEPS_SHARE of the steps)
+    batches        runs of GROUP_ROWS rows sharing a prompt when prompts have many rows each and batches
+                   are large (the prompt maps g_k then run on batch / GROUP_ROWS prompts a step), else a
+                   plain shuffle
 
 Given ``epochs`` (the fit of earlier versions and of the paper's recipes), the budget is epochs x
 ceil(n / batch) steps at a constant learning rate, evaluated once per epoch, with patience in epochs: the
@@ -48,6 +51,12 @@ MIN_LR_SHARE = 0.1
 EVALUATIONS = 50
 MIN_STEPS_SHARE = 0.25
 SCHEDULES = ("cosine", "constant")
+#: context-grouped batches (epoch_order): runs of this many rows sharing a prompt, when every prompt has
+#: at least GROUP_MIN_ROWS_PER_CONTEXT rows on average and steps hold at least GROUP_MIN_BATCH rows
+#: (Polis, 72k rows of 859 statements: 2x faster, held-out 0.805 vs 0.806)
+GROUP_ROWS = 8
+GROUP_MIN_ROWS_PER_CONTEXT = 32
+GROUP_MIN_BATCH = 4096
 
 
 def auto_batch_size(n: int) -> int:
@@ -78,8 +87,9 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return MIN_LR_SHARE + (1.0 - MIN_LR_SHARE) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def resolve(config: Any, n: int) -> Any:
-    """``config`` (a ``TrainConfig``) with every field left None derived for ``n`` training comparisons.
+def resolve(config: Any, n: int, n_contexts: int = 1) -> Any:
+    """``config`` (a ``TrainConfig``) with every field left None derived for ``n`` training comparisons
+    over ``n_contexts`` distinct prompts.
 
     Deterministic: the same ``config`` and ``n`` give the same budget. ``derived`` (a tuple of field
     names) records what came from the data, so a run can say what it chose."""
@@ -116,6 +126,8 @@ def resolve(config: Any, n: int) -> Any:
     choose("warmup_steps", 0 if schedule == "constant" else math.ceil(WARMUP_SHARE * steps))
     choose("eval_every", steps_per_epoch if explicit_epochs else max(1, math.ceil(steps / EVALUATIONS)))
     choose("min_steps", 0 if explicit_epochs else math.ceil(MIN_STEPS_SHARE * steps))
+    grouped = n_contexts > 1 and n / n_contexts >= GROUP_MIN_ROWS_PER_CONTEXT and batch >= GROUP_MIN_BATCH
+    choose("rows_per_context", GROUP_ROWS if grouped else 1)
     values["derived"] = tuple(derived)
     return dataclasses.replace(config, **values)
 

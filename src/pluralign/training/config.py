@@ -61,7 +61,8 @@ class TrainConfig:
     #: early stopping never ends a fit before this many steps
     min_steps: int | None = None
     max_grad_norm: float | None = None
-    #: build each batch from runs of this many rows sharing a context (None: plain shuffle); see epoch_order
+    #: build each batch from runs of this many rows sharing a context (1: plain shuffle; None: derived from
+    #: the data, see training.budget); see trainer.epoch_order
     rows_per_context: int | None = None
     eval_batch_size: int = 65536
     seed: int = 0

@@ -140,14 +140,14 @@ def epoch_order(
 ) -> torch.Tensor:
     """The order of the rows in one epoch.
 
-    Plain shuffle by default. With ``rows_per_context = r``, a batch is made of runs of r random rows that
-    share a context, from about B / r random contexts, so maps of the context (PAL-B's g_k) run on B / r
-    contexts per step instead of nearly all of them; the batches themselves come in random order. Worth it
-    when rows far outnumber contexts (Persona: 40M rows, 4,000 questions).
+    Plain shuffle for ``rows_per_context`` None or 1. With ``rows_per_context = r``, a batch is made of
+    runs of r random rows that share a context, from about B / r random contexts, so maps of the context
+    (PAL-B's g_k) run on B / r contexts per step instead of nearly all of them; the batches themselves
+    come in random order. Worth it when rows far outnumber contexts (Persona: 40M rows, 4,000 questions).
     """
     n = len(context)
     shuffled = torch.randperm(n, generator=generator)
-    if rows_per_context is None:
+    if rows_per_context is None or rows_per_context == 1:
         return shuffled
     grouped = shuffled[torch.argsort(context[shuffled], stable=True)]  # by context, random within one
     ctx = context[grouped]
@@ -218,7 +218,7 @@ def train_loop(
     n = len(batch)
     if n == 0:
         raise ValueError("no training comparisons")
-    config = resolve(config, n)
+    config = resolve(config, n, n_contexts=int(torch.unique(batch.context).numel()))
     plan = describe(dataclasses.asdict(config), n)
     logger.info("training on %s", plan)
     device = torch.device(config.device)
@@ -383,6 +383,7 @@ def settings_of(config: TrainConfig) -> dict:
         "eval_every",
         "patience",
         "min_steps",
+        "rows_per_context",
     )
     return {**{name: getattr(config, name) for name in names}, "derived": list(config.derived)}
 
