@@ -116,6 +116,11 @@ def train(
     _train_run(options, out, resume is not None, as_json)
 
 
+def _epochs(value: float) -> int | float:
+    """Passes over the data, as a whole number when it is one."""
+    return int(value) if value.is_integer() else round(value, 2)
+
+
 def _relaunch_with_torchrun(nproc: int) -> int:
     """Run this same command under torchrun with ``nproc`` local processes; returns its exit code."""
     import subprocess
@@ -206,7 +211,7 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
         "users": len(est.users_),
         "batch": history.settings["batch_size"],
         "steps": history.steps,
-        "epochs": round(history.steps / history.steps_per_epoch, 2),
+        "epochs": _epochs(history.steps / history.steps_per_epoch),
         "train_acc": last["train_accuracy"],
         "val_acc": history.best_val_accuracy,
         "val": history.validation or "none",
