@@ -202,6 +202,7 @@ def test_select_k_fits_train_a_share_of_the_budget():
 
     full = budget.resolve(TrainConfig(), 90_000).max_steps  # 100k rows less the 10% validation share
     assert selection_steps(PALB(), 100_000, 0.5) == {"max_steps": math.ceil(0.5 * full)}
+    assert full > 1
     assert selection_steps(PALB(), 100_000, 1.0) == {}
     assert selection_steps(PALB(max_steps=77), 100_000, 0.5) == {}  # what the user fixed, every fit trains
     assert selection_steps(PALB(epochs=3), 100_000, 0.5) == {}

@@ -245,8 +245,8 @@ def select_k_command(
     ] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed (fold f uses seed + f).")] = 0,
     budget_share: Annotated[
-        float, typer.Option(help="Share of the derived step budget each fit trains (1: all of it).")
-    ] = 0.5,
+        float, typer.Option(help="Share of the derived step budget each fit trains (0.5: half the time).")
+    ] = 1.0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the full result as JSON.")] = None,
     verbose: Verbose = False,
     as_json: JsonOut = False,
