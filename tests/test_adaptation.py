@@ -19,6 +19,7 @@ from pluralign.training.trainer import predict_margins
 from test_training import _tensors
 
 EST = {"f_layers": 1, "g_layers": 1, "epochs": 5, "batch_size": 256, "patience": None}
+EST |= {"lr_maps": 5e-4, "lr_prototypes": 5e-3, "lr_users": 5e-3}  # the paper's (App. D.2), fixed here
 
 
 def _one_user(data, user: int = 0):

@@ -16,6 +16,7 @@ from pluralign.models.btl import BTLModel
 from pluralign.models.mlp import MLPConfig
 from pluralign.models.pal_a import PALAModel
 from pluralign.models.pal_b import PALBModel
+from pluralign.training.budget import BASE_LR
 from pluralign.training.config import Callback
 from pluralign.training.optim import LazyRowsAdamW
 from pluralign.training.trainer import TrainConfig, epoch_order, fit, make_optimizer
@@ -35,7 +36,7 @@ def test_scales_biases_and_constants_are_not_decayed(model):
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    lr = {"user_logits": 5e-3, "prototypes": 0.1}
+    lr = {"user_logits": BASE_LR["lr_users"], "prototypes": 0.1}  # lr_users not set: the base rate
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
