@@ -154,7 +154,7 @@ def run_case(
         "precision": true_positive / max(len(flagged), 1),
         "recall": true_positive / max(len(new_group), 1),
         "population_accuracy": report.population["accuracy"],
-        "grow_epochs": report.epochs,
+        "grow_steps": report.steps,
         "grow_rows": int(np.isin(new_fit.user_ids[new_fit.user].astype(str), list(flagged)).sum()),
         "retrain_rows": len(old_train) + len(new_fit),
     }

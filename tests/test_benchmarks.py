@@ -150,11 +150,9 @@ def test_defaults_benchmark(tmp_path):
         "20",
         "--threads",
         "1",
-        "--grid-epochs",
-        "60",
         "--grid-lr-mults",
+        "0.5",
         "1",
-        "16",
     ]
     common = [*tiny, "--cache", str(tmp_path / "cache"), "--seed", "0"]
     argv = ["--quick", "--datasets", "examples", "reference", *common, "--out", str(tmp_path / "a")]
@@ -173,7 +171,7 @@ def test_defaults_benchmark(tmp_path):
         n = defaults["train_rows"]
         # --quick: batches {full, 256} capped at the rows (deduplicated) x the lr multipliers given
         assert sorted({(g["batch_size"], g["lr_mult"]) for g in grid}) == sorted(
-            {(b, m) for b in (n, min(256, n)) for m in (1.0, 16.0)}
+            {(b, m) for b in (n, min(256, n)) for m in (0.5, 1.0)}
         )
         for g in grid:  # the multiplier is on the rates the library derives for the grid's batch size
             for k, v in budget.BASE_LR.items():
@@ -185,7 +183,8 @@ def test_defaults_benchmark(tmp_path):
         assert summary["gap_target_met"] == (summary["gap"] >= -0.005)
         assert summary["wall_target_met"] == (run["wall_seconds"] <= 60)
     assert payload["results"]["examples"]["defaults"]["1"]["train_rows"] == 12
-    # the 12 rows are learnable: K = 3 at lr x16 finds the two shared preferences (x1 memorizes each user)
+    # the 12 rows are learnable: the defaults find the two shared preferences (held-out 1.0)
+    assert payload["results"]["examples"]["defaults"]["1"]["defaults"]["heldout_accuracy"] > 0.9
     assert payload["summary"]["examples"]["best"]["heldout_accuracy"] > 0.9
     ref = payload["summary"]["reference"]
     assert ref["bayes_ceiling"] == pytest.approx(0.871, abs=1e-6)
