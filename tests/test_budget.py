@@ -156,6 +156,14 @@ def test_each_warning_fires_on_its_case(case, frame, k, expected, vectors, caplo
     assert any(expected in r.getMessage() for r in caplog.records)
 
 
+def test_warnings_and_settings_survive_save_and_load(vectors, tmp_path):
+    est = PALB(n_prototypes=3, dim=4, encoder=vectors, max_steps=20).fit(_rows(["a", "b", "c"], 100))
+    loaded = PALB.load(est.save(tmp_path / "model"))
+    assert loaded.fit_warnings_ == est.fit_warnings_ and any("K = 3" in w for w in loaded.fit_warnings_)
+    assert loaded.history_.settings == {**est.history_.settings}
+    assert loaded.history_.best_step == est.history_.best_step and loaded.history_.validation == "held out"
+
+
 def test_validation_warnings_and_healthy_data_stays_quiet(vectors, caplog):
     frame = _rows([f"u{i}" for i in range(8)], 20)
     val = _rows([f"u{i}" for i in range(4)] + ["stranger"], 5)

@@ -485,6 +485,7 @@ class PALEstimator(BaseEstimator):
                 "comparisons_per_second": self.history_.comparisons_per_second,
                 "settings": self.history_.settings,
                 "validation": self.history_.validation,
+                "warnings": list(getattr(self, "fit_warnings_", [])),
             },
         }
         if getattr(self.model_, "prototype_blocks", None) is not None:  # grown (training/growth.py)
@@ -529,6 +530,7 @@ class PALEstimator(BaseEstimator):
         est.model_.eval()
         fields = {f.name for f in dataclasses.fields(History)} - {"records"}
         est.history_ = History(**{k: v for k, v in config.get("history", {}).items() if k in fields})
+        est.fit_warnings_ = list(config.get("history", {}).get("warnings", []))
         return est
 
 
