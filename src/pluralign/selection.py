@@ -439,6 +439,10 @@ def select_k(
     )
 
 
+#: the TrainConfig fields the step budget depends on, besides the ones selection_steps leaves to the user
+BUDGET_FIELDS = ("batch_size", "grad_accum_steps")
+
+
 def selection_steps(template: PALEstimator, n_rows: int, share: float) -> dict[str, int]:
     """``{"max_steps": ...}``: ``share`` of the step budget a fit of ``template`` would derive for
     ``n_rows`` comparisons (less its automatic validation share); nothing when the template fixes its own
@@ -450,10 +454,6 @@ def selection_steps(template: PALEstimator, n_rows: int, share: float) -> dict[s
     )
     rows = max(1, round(n_rows * (1.0 - template.val_fraction)))
     return {"max_steps": max(1, math.ceil(share * budget.resolve(config, rows).max_steps))}
-
-
-#: the TrainConfig fields the step budget depends on
-BUDGET_FIELDS = ("batch_size", "grad_accum_steps", "epochs", "max_steps")
 
 
 def describe_rule(criterion: str, n_se: float, rel_tol: float, folds: int) -> str:

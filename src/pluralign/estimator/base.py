@@ -242,15 +242,9 @@ class PALEstimator(BaseEstimator):
                 )
             rows = rows_of(users, val)
             known = rows >= 0
-            if not known.all():
-                message = (
-                    f"validation: {int((~known).sum())} of {len(val)} comparisons are from users not in "
-                    "the training data; they are left out of early stopping"
-                )
-                logger.warning(message)
-                warnings.append(message)
-            if validation == "given":
-                warnings += check_validation(train_part[0].user.numpy(), rows[known], len(users))
+            warnings += check_validation(
+                train_part[0].user.numpy(), rows, len(users), given=validation == "given"
+            )
             val_part = (self.to_batch(val.subset(known), rows[known]), self.to_tables(val))
         with seeded_rng(self.seed):
             if self.loss in PREFIX_LOSSES:  # needs token-level features: the cumulative-loss loop

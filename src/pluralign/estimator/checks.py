@@ -2,7 +2,7 @@
 validation share that early stopping needs when no validation data is given.
 
     check_training_data   K >= the number of users, a single user, fewer than ~2 comparisons per user
-    check_validation      training users without validation rows
+    check_validation      validation rows of unknown users, training users without validation rows
     check_fit             training accuracy that is not clearly above chance at the end of a fit
     hold_out              a seeded share of each user's rows, held out for early stopping
 
@@ -62,11 +62,22 @@ def check_training_data(data: PreferenceData, n_prototypes: int, model: str) -> 
     return found
 
 
-def check_validation(train_users: np.ndarray, val_users: np.ndarray, n_users: int) -> list[str]:
-    """Warnings when training users (model rows ``train_users``) have no row among ``val_users``."""
+def check_validation(
+    train_users: np.ndarray, val_users: np.ndarray, n_users: int, *, given: bool
+) -> list[str]:
+    """Warnings about validation rows whose model rows are ``val_users`` (-1: a user not in training):
+    rows of unknown users (left out of early stopping) and, for validation data the user ``given``,
+    training users (model rows ``train_users``) without any validation row."""
     found: list[str] = []
-    missing = n_users - len(np.intersect1d(np.unique(train_users), np.unique(val_users)))
-    if missing:
+    unknown = val_users < 0
+    if unknown.any():
+        _warn(
+            found,
+            f"validation: {int(unknown.sum())} of {len(val_users)} comparisons are from users not in the "
+            "training data; they are left out of early stopping",
+        )
+    missing = n_users - len(np.intersect1d(np.unique(train_users), np.unique(val_users[~unknown])))
+    if given and missing:
         _warn(
             found,
             f"validation: {missing} of {n_users} training users have no validation comparisons; early "

@@ -152,9 +152,9 @@ def grow_epochs(est: PALEstimator, rows: int, batch_size: int | None) -> int | N
     The flagged users' rows are usually a small share of the training data; the model's epoch count alone
     would then give the new prototypes a handful of steps (the 5x-data grow benchmark: 0.965 on the new
     group instead of 0.998)."""
-    original = est.history_.steps_per_epoch
     if est.epochs is None:
         return None
+    original = est.history_.steps_per_epoch
     if not original:  # checkpoints saved before steps_per_epoch was recorded
         return est.epochs
     batch = batch_size or auto_batch_size(rows)

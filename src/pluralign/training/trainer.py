@@ -17,7 +17,6 @@ as a ``Callback`` (``training.resume.Checkpointer``); this module does not impor
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
@@ -219,7 +218,8 @@ def train_loop(
     if n == 0:
         raise ValueError("no training comparisons")
     config = resolve(config, n, n_contexts=int(torch.unique(batch.context).numel()))
-    plan = describe(dataclasses.asdict(config), n)
+    settings = settings_of(config)
+    plan = describe(settings, n)
     logger.info("training on %s", plan)
     device = torch.device(config.device)
     amp_dtype = autocast_dtype(config.precision, config.device)
@@ -240,7 +240,7 @@ def train_loop(
     generator = torch.Generator().manual_seed(config.seed)
     fingerprint = data_fingerprint([*batch, *feed.fingerprint_tensors(), *_val_fingerprint(val)])
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    history = History(steps_per_epoch=steps_per_epoch, settings=settings_of(config), notes=[plan])
+    history = History(steps_per_epoch=steps_per_epoch, settings=settings, notes=[plan])
     state = TrainState(
         epoch=1,
         step=0,
@@ -337,9 +337,7 @@ def train_loop(
                     stop = _early_stopping(state, record, modules, config)
                     for cb in callbacks:
                         cb.on_evaluate(run)
-                    window_start = run.seconds()
-                    for module in modules.values():
-                        module.train()
+                    window_start = run.seconds()  # (validation restores the modules' train mode)
                 for cb in callbacks:
                     cb.on_step_end(run)
                 if stop:
