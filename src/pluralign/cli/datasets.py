@@ -1,4 +1,4 @@
-"""`pluralign datasets ...`: turn public datasets into preference rows (Polis conversations)."""
+"""`pluralign datasets ...`: turn public datasets into preference rows (Polis conversations, hub recipes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import typer
 from pluralign.cli.common import JsonOut, Verbose, app, command, console, emit, setup
 from pluralign.report.tables import rows_table
 
-datasets_app = typer.Typer(help="Public datasets as preference rows (Polis).", no_args_is_help=True)
+datasets_app = typer.Typer(
+    help="Public datasets as preference rows (Polis; PRISM, summarize, PersonalLLM, Pick-a-Pic).",
+    no_args_is_help=True,
+)
 app.add_typer(datasets_app, name="datasets")
 
 
@@ -114,3 +117,86 @@ def polis(
             highlight=False,
             soft_wrap=True,
         )
+
+
+class HubName(StrEnum):
+    prism = "prism"
+    summarize = "summarize"
+    summarize_length = "summarize-length"
+    personalllm = "personalllm"
+    pickapic = "pickapic"
+
+
+class RowsFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+    parquet = "parquet"
+
+
+@datasets_app.command("prepare")
+@command
+def prepare(
+    name: Annotated[HubName, typer.Argument(help="The dataset recipe (docs/datasets/hub.md).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output directory: <part>.<format> rows, users.csv, meta.json."),
+    ],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="A local copy of the dataset (its files as the hub ships them); without it the hub is used "
+            "through datasets.load_dataset (not offline).",
+        ),
+    ] = None,
+    rows_format: Annotated[
+        RowsFormat, typer.Option("--format", help="Format of the rows files.")
+    ] = RowsFormat.jsonl,
+    seed: Annotated[int | None, typer.Option(help="summarize-length, personalllm: the seed.")] = None,
+    n_users: Annotated[int | None, typer.Option(help="personalllm: simulated users.", min=1)] = None,
+    alpha: Annotated[float | None, typer.Option(help="personalllm: Dirichlet concentration.")] = None,
+    pairs_per_user: Annotated[
+        int | None, typer.Option(help="personalllm: comparisons per user and split.", min=1)
+    ] = None,
+    prompt_format: Annotated[
+        str | None,
+        typer.Option(help="summarize, summarize-length: 'tldr' (subreddit, title, post) or 'post'."),
+    ] = None,
+    verbose: Verbose = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Build preference rows from a hub dataset: rows per part, users.csv and meta.json (license,
+    attribution, and every skipped record by reason)."""
+    setup(verbose)
+    from pluralign.datasets.hub import RECIPES, write_hub
+    from pluralign.datasets.hub import prepare as prepare_hub
+
+    given = {
+        "seed": seed,
+        "n_users": n_users,
+        "alpha": alpha,
+        "pairs_per_user": pairs_per_user,
+        "prompt_format": prompt_format,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    takes = RECIPES[name.value].options
+    unknown = sorted(set(given) - set(takes))
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(f"{name.value} does not take {flags}")
+    data = prepare_hub(name.value, source_dir=source, **given)
+    paths = write_hub(data, out, format=rows_format.value)
+    lines = data.table()
+    if as_json:
+        emit(lines, as_json=True)
+        return
+    console.print(
+        rows_table(lines, f"{name.value}: {data.rows():,} rows, {len(data.users):,} users in {out}")
+    )
+    skipped = ", ".join(f"{n:,} {reason}" for reason, n in data.skipped.items() if n) or "nothing"
+    console.print(f"skipped: {skipped}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {', '.join(p.name for p in paths.values())}; license: {data.card.license}",
+        highlight=False,
+        soft_wrap=True,
+    )
