@@ -127,8 +127,10 @@ def render_rows(
     the usual text checks doing the rest); for a conversational one every row is checked and rendered in
     one pass, invalid rows getting ``""``.
     """
+    if not any(map(_may_hold_lists, (columns[name] for name in _TEXT))):
+        return None  # the standard format's fast exit: typed or all-string columns
     values = {name: columns[name].to_numpy(dtype=object) for name in _TEXT}
-    is_list = {name: _lists(values[name], columns[name]) for name in _TEXT}
+    is_list = {name: np.frompyfunc(_is_list, 1, 1)(values[name]).astype(bool) for name in _TEXT}
     if not any(mask.any() for mask in is_list.values()):
         return None
     n = len(lines)
@@ -305,12 +307,10 @@ def _checks(errors: dict[str, dict[int, str]], n: int) -> list[Check]:
     return checks
 
 
-def _lists(objects: np.ndarray, series: pd.Series) -> np.ndarray:
-    if isinstance(series.dtype, pd.StringDtype) or (
-        len(objects) and pd.api.types.infer_dtype(objects, skipna=False) == "string"
-    ):
-        return np.zeros(len(objects), dtype=bool)  # the standard format's fast exit
-    return np.frompyfunc(_is_list, 1, 1)(objects).astype(bool)
+def _may_hold_lists(series: pd.Series) -> bool:
+    if isinstance(series.dtype, pd.StringDtype) or series.dtype != object:
+        return False
+    return pd.api.types.infer_dtype(series, skipna=False) != "string"
 
 
 def _strings(objects: np.ndarray) -> np.ndarray:
