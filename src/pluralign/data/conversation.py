@@ -24,7 +24,7 @@ import pandas as pd
 
 from pluralign.data.raw import MISSING, Check
 
-__all__ = ["ROLES", "ChatTemplate", "render_messages", "render_rows"]
+__all__ = ["ROLES", "ChatTemplate", "holds_messages", "render_messages", "render_rows"]
 
 #: The roles a message may have (those of TRL's datasets and the usual chat templates).
 ROLES = ("system", "user", "assistant", "tool")
@@ -182,6 +182,14 @@ def render_rows(
     return rendered, _checks(errors, n)
 
 
+def holds_messages(columns: Mapping[str, pd.Series]) -> bool:
+    """Whether any prompt, chosen or rejected value is a list (a conversational source)."""
+    present = [columns[name] for name in _TEXT if name in columns]
+    return any(
+        np.frompyfunc(_is_list, 1, 1)(s.to_numpy(dtype=object)).any() for s in present if _may_hold_lists(s)
+    )
+
+
 def check_messages(value: Any) -> tuple[list[dict[str, Any]], str | None]:
     """A list value as messages, or the reason it is not one (``"message 2 of 3: ..."``)."""
     messages = value.tolist() if isinstance(value, np.ndarray) else list(value)
@@ -194,7 +202,7 @@ def check_messages(value: Any) -> tuple[list[dict[str, Any]], str | None]:
             return [], f"{at} must be an object with 'role' and 'content', got {describe(message)}"
         for key in ("role", "content"):
             if message.get(key, MISSING) is MISSING or message[key] is None:
-                return [], f"{at} has no '{key}' ({describe(dict(message))})"
+                return [], f"{at} has no '{key}' ({_shown(dict(message))})"
             if not isinstance(message[key], str):
                 hint = " (multimodal content parts are not supported)" if key == "content" else ""
                 return [], f"{at}: '{key}' must be a string, got {describe(message[key])}{hint}"
@@ -206,9 +214,12 @@ def check_messages(value: Any) -> tuple[list[dict[str, Any]], str | None]:
 
 def describe(value: Any) -> str:
     """``type repr`` of a value, the repr cut to 40 characters."""
-    kind = type(value).__name__
+    return f"{type(value).__name__} {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
     shown = repr(value.tolist() if isinstance(value, np.ndarray) else value)
-    return f"{kind} {shown if len(shown) <= 40 else shown[:37] + '...'}"
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def _split_implicit(

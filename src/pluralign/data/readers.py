@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pluralign.atomic import atomic_write
 from pluralign.data.comparisons import COLUMNS, PreferenceData
-from pluralign.data.conversation import ChatTemplate
+from pluralign.data.conversation import ChatTemplate, holds_messages
 from pluralign.data.raw import ALIASES, KNOWN_TYPES, Raw
 from pluralign.data.table_readers import (
     is_hf_dataset,
@@ -117,7 +117,14 @@ def write_preferences(data: PreferenceData | pd.DataFrame, path: str | Path) -> 
     if suffix not in JSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES:
         raise DataError(f"cannot write unknown file type '{path.suffix}' ({KNOWN_TYPES})", path=path)
     if not isinstance(data, PreferenceData):
-        validate(raw_from_frame(frame, "<DataFrame>"))  # never write a file that read_preferences refuses
+        raw = raw_from_frame(frame, "<DataFrame>")
+        validate(raw)  # never write a file that read_preferences refuses
+        if suffix in CSV_SUFFIXES and holds_messages(raw.columns):
+            raise DataError(
+                "cannot write conversational rows (message lists) to CSV, which holds strings only: write "
+                ".jsonl or .parquet, or read the rows first (read_preferences renders them to text)",
+                path=path,
+            )
 
     def write(handle: BinaryIO) -> None:
         if suffix in JSON_SUFFIXES:
