@@ -245,6 +245,10 @@ def test_a_failing_template_is_the_rows_error(tmp_path):
     assert "the chat template failed on this row" in str(info.value) and "no system" in str(info.value)
     with pytest.raises(TypeError, match="chat_template must be"):
         read_preferences(path, chat_template=3)
+    with pytest.raises(
+        DataError, match=r"c\.jsonl:1: field 'chosen': the chat template failed on this row: Type"
+    ):
+        read_preferences(path, chat_template=lambda messages, add_generation_prompt: None)
 
 
 # --- malformed rows -------------------------------------------------------------------------------------

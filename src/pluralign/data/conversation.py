@@ -28,6 +28,7 @@ __all__ = ["ROLES", "ChatTemplate", "holds_messages", "render_messages", "render
 
 #: The roles a message may have (those of TRL's datasets and the usual chat templates).
 ROLES = ("system", "user", "assistant", "tool")
+_ROLE_SET = frozenset(ROLES)
 
 #: None (role-tagged lines), a jinja chat-template string, a tokenizer (anything with
 #: ``apply_chat_template``), or a callable ``f(messages, add_generation_prompt=...) -> str``.
@@ -133,6 +134,9 @@ def render_rows(
     is_list = {name: np.frompyfunc(_is_list, 1, 1)(values[name]).astype(bool) for name in _TEXT}
     if not any(mask.any() for mask in is_list.values()):
         return None
+    if not (template is None or isinstance(template, str) or callable(template)):
+        # checked once here: below, whatever a template raises is the row's problem
+        render_messages([], template=template)
     n = len(lines)
     errors: dict[str, dict[int, str]] = {name: {} for name in _TEXT}
     is_str = {name: _strings(values[name]) for name in _TEXT}
@@ -171,8 +175,6 @@ def render_rows(
             parts = dict(zip(_TEXT, split, strict=True))
         try:
             texts = render_pair(parts["prompt"], parts["chosen"], parts["rejected"], template)
-        except TypeError:
-            raise
         except Exception as exc:  # a template's raise_exception, a callable's error: this row's problem
             errors["chosen"][i] = f"the chat template failed on this row: {type(exc).__name__}: {exc}"
             continue
@@ -193,6 +195,14 @@ def holds_messages(columns: Mapping[str, pd.Series]) -> bool:
 def check_messages(value: Any) -> tuple[list[dict[str, Any]], str | None]:
     """A list value as messages, or the reason it is not one (``"message 2 of 3: ..."``)."""
     messages = value.tolist() if isinstance(value, np.ndarray) else list(value)
+    if messages and all(
+        type(m) is dict
+        and type(m.get("content")) is str
+        and type(m.get("role")) is str
+        and m["role"] in _ROLE_SET
+        for m in messages
+    ):
+        return messages, None  # the usual case, in one pass; the loop below says what is wrong
     if not messages:
         return [], "is an empty message list (a conversation needs at least one message)"
     out = []
