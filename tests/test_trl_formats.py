@@ -291,6 +291,11 @@ MALFORMED = [
         "message 1 of 1: 'role' must be a string, got int 1",
     ),
     (
+        bad(rejected=[{"role": ["user"], "content": "x"}]),
+        "rejected",
+        "message 1 of 1: 'role' must be a string, got list",
+    ),
+    (
         bad(chosen=[{"role": "robot", "content": "x"}]),
         "chosen",
         "message 1 of 1: unknown role 'robot' (expected one of system, user, assistant, tool)",
