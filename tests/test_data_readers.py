@@ -198,7 +198,8 @@ JSONL_CASES = [
     (_bad(user_id=None), "user_id", "is null"),
     (_bad(prompt=None), "prompt", "is null"),
     (_bad(chosen=5), "chosen", "must be a string, got int 5"),
-    (_bad(chosen=["a", "b"]), "chosen", "must be a string, got list ['a', 'b']"),
+    # lists are TRL's conversational format (tests/test_trl_formats.py): not among standard rows
+    (_bad(chosen=["a", "b"]), "chosen", "is a message list, but line 1 is a standard row (strings)"),
     (_bad(rejected={"role": "assistant"}), "rejected", "must be a string, got dict"),
     (_bad(prompt=3.5), "prompt", "must be a string, got float 3.5"),
     (_bad(user_id=1.5), "user_id", "must be a string or an integer, got float 1.5"),

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from pluralign.atomic import atomic_write
 from pluralign.data.comparisons import COLUMNS, PreferenceData
+from pluralign.data.conversation import ChatTemplate, holds_messages
 from pluralign.data.raw import ALIASES, KNOWN_TYPES, Raw
 from pluralign.data.table_readers import (
     is_hf_dataset,
@@ -56,7 +57,9 @@ _fast_csv, _slow_csv, _validate = fast_csv, slow_csv, validate
 # ========================================================================================================
 # public API
 # ========================================================================================================
-def read_preferences(source: Any, *, source_name: str | None = None) -> PreferenceData:
+def read_preferences(
+    source: Any, *, source_name: str | None = None, chat_template: ChatTemplate = None
+) -> PreferenceData:
     """Read and validate preference rows into a :class:`PreferenceData`.
 
     ``source`` is a path to a ``.jsonl``/``.json`` (JSON Lines), ``.csv`` or ``.parquet`` file, a directory
@@ -64,6 +67,11 @@ def read_preferences(source: Any, *, source_name: str | None = None) -> Preferen
     ``pandas.DataFrame``. ``source_name`` replaces the path (or ``<DataFrame>``/``<Dataset>``) in error
     messages and becomes ``.source``. Raises :class:`DataError` on the first invalid row (in file order),
     with the count of the other invalid rows. Duplicate rows are kept and logged as a warning.
+
+    Rows are in TRL's standard format (strings) or its conversational one (message lists, explicit or
+    implicit prompt; not in CSV), one format per source; ``chat_template`` says how a conversation becomes
+    text (see :func:`pluralign.data.conversation.render_messages`: role-tagged lines by default, or a jinja
+    template string, a tokenizer, a callable). It does not affect standard rows. See docs/data-formats.md.
     """
     if isinstance(source, pd.DataFrame):
         where = source_name or "<DataFrame>"
@@ -83,7 +91,7 @@ def read_preferences(source: Any, *, source_name: str | None = None) -> Preferen
             "read_preferences expects a path, a pandas.DataFrame or a datasets.Dataset, "
             f"got {type(source).__name__}"
         )
-    frame = validate(raw)
+    frame = validate(raw, chat_template=chat_template)
     data = PreferenceData.from_frame(frame, source=origin)
     _warn_duplicates(data, where)
     return data
@@ -109,7 +117,14 @@ def write_preferences(data: PreferenceData | pd.DataFrame, path: str | Path) -> 
     if suffix not in JSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES:
         raise DataError(f"cannot write unknown file type '{path.suffix}' ({KNOWN_TYPES})", path=path)
     if not isinstance(data, PreferenceData):
-        validate(raw_from_frame(frame, "<DataFrame>"))  # never write a file that read_preferences refuses
+        raw = raw_from_frame(frame, "<DataFrame>")
+        validate(raw)  # never write a file that read_preferences refuses
+        if suffix in CSV_SUFFIXES and holds_messages(raw.columns):
+            raise DataError(
+                "cannot write conversational rows (message lists) to CSV, which holds strings only: write "
+                ".jsonl or .parquet, or read the rows first (read_preferences renders them to text)",
+                path=path,
+            )
 
     def write(handle: BinaryIO) -> None:
         if suffix in JSON_SUFFIXES:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pluralign.data.comparisons import COLUMNS
+from pluralign.data.conversation import ChatTemplate, describe, render_rows
 from pluralign.data.raw import MISSING, Check, Raw
 from pluralign.errors import DataError
 
@@ -21,8 +22,12 @@ from pluralign.errors import DataError
 _STR, _INT, _NULL, _ABSENT, _OTHER = range(5)
 
 
-def validate(raw: Raw) -> pd.DataFrame:
-    """Check every row of every column at once; raise on the first bad row, else return a clean frame."""
+def validate(raw: Raw, *, chat_template: ChatTemplate = None) -> pd.DataFrame:
+    """Check every row of every column at once; raise on the first bad row, else return a clean frame.
+
+    Conversational rows (message lists, see :mod:`pluralign.data.conversation`) are checked and rendered
+    to text first, with ``chat_template`` (role-tagged lines by default); standard rows skip that step.
+    """
     n = len(raw.lines)
     if n == 0:
         raise DataError("no preference rows (the source is empty)", path=raw.where)
@@ -30,17 +35,27 @@ def validate(raw: Raw) -> pd.DataFrame:
     failed = np.zeros(n, dtype=bool)
     for check in checks:
         failed |= check.mask
+    columns = dict(raw.columns)
+    conversational = render_rows(columns, raw.lines, template=chat_template)
+    if conversational is not None:
+        rendered, format_checks = conversational
+        columns.update(rendered)
+        for check in format_checks:
+            check.mask = check.mask & ~failed
+            failed = failed | check.mask
+            checks.append(check)
+    first_column_check = len(checks)
     clean: dict[str, pd.Series] = {}
     for name in COLUMNS:
         text, column_checks = _check_text(
-            raw.columns[name], name, allow_int=name == "user_id", allow_empty=name == "prompt"
+            columns[name], name, allow_int=name == "user_id", allow_empty=name == "prompt"
         )
         clean[name] = text
         for check in column_checks:
             check.mask = check.mask & ~failed  # pandas may hand out read-only arrays
             checks.append(check)
     usable = ~failed
-    for check in checks[len(raw.problems) :]:
+    for check in checks[first_column_check:]:
         usable = usable & ~check.mask
     same = usable & (clean["chosen"] == clean["rejected"]).to_numpy(dtype=bool)
     checks.append(Check(same, "rejected", lambda i: "is identical to 'chosen'"))
@@ -99,7 +114,7 @@ def _check_text(
         checks.append(Check(kinds == _NULL, name, lambda i: null_reason))
         wrong = ~ok & (kinds != _ABSENT) & (kinds != _NULL)
         expected = "a string or an integer" if allow_int else "a string"
-        checks.append(Check(wrong, name, lambda i: f"must be {expected}, got {_describe(objects[i])}"))
+        checks.append(Check(wrong, name, lambda i: f"must be {expected}, got {describe(objects[i])}"))
         checks = [c for c in checks if c.mask.any()]
     if not allow_empty:
         # str.strip() treats Unicode whitespace as blank too; isspace() is the vectorized equivalent.
@@ -131,13 +146,3 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _describe(value: Any) -> str:
-    kind = type(value).__name__
-    shown = repr(value.tolist() if isinstance(value, np.ndarray) else value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    hint = ""
-    if isinstance(value, list | tuple | np.ndarray):
-        hint = " (chat-style message lists are not supported: pass the response text)"
-    return f"{kind} {shown}{hint}"
