@@ -214,7 +214,7 @@ def read_groups(users: str | Path | Mapping[str, Any] | pd.Series, column: str =
     labels = frame.set_index(frame["user_id"].astype(str))[column].astype(str).str.strip()
     if labels.index.duplicated().any():
         raise DataError(f"user '{labels.index[labels.index.duplicated()][0]}' appears twice", path=path)
-    return labels[labels != ""]
+    return labels[labels != ""].rename(column)
 
 
 def _group_order(labels: list[str]) -> list[str]:
@@ -426,8 +426,8 @@ def explain(
     if users is not None:
         labels = read_groups(users, group_column)
         dominant = pd.Series(dominant_of_user, index=estimator.users_.astype(str))
-        groups = {"source": None if isinstance(users, Mapping | pd.Series) else str(users)}
-        groups |= {"column": None if groups["source"] is None else group_column}
+        given = isinstance(users, Mapping | pd.Series)
+        groups = {"source": None if given else str(users), "column": None if given else labels.name}
         groups |= group_agreement(dominant, labels, k)
         if groups["n_labelled"] == 0:
             notes.append("no user of the model has a group label")
