@@ -143,12 +143,13 @@ def _common_prefix(texts: list[str]) -> str:
 
 
 def display_texts(texts: np.ndarray) -> np.ndarray:
-    """The texts without the prefix and suffix they all share (cut at a space, newline or quote), so that a
-    Polis prompt shows its statement, not 'On "<topic>": do you agree ...'; unchanged for a single text."""
+    """The texts without the prefix and suffix they all share, cut at a newline, quote, colon or question
+    mark (never inside a sentence: shared first words stay), so that a Polis prompt shows its statement, not
+    'On "<topic>": do you agree ...'; unchanged for a single text."""
     texts = [str(t) for t in texts]
     if len(texts) < 2:
         return np.asarray(texts, dtype=object)
-    boundary = ' \n\t"'
+    boundary = '\n"“”:?'
     prefix = _common_prefix(texts)
     start = max((prefix.rfind(ch) for ch in boundary), default=-1) + 1 if prefix else 0
     suffix = _common_prefix([t[start:][::-1] for t in texts])[::-1]
