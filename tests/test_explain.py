@@ -106,6 +106,7 @@ def test_top_statements_are_the_planted_ones_and_users_match_groups(planted):
         assert len(proto.favours) == len(proto.disfavours) == 5
         assert all(u["score"] > 0 and u["margin"] > 0 for u in proto.favours)  # it says Yes, the others No
         assert all(cluster_of(u["prompt"]) != cluster for u in proto.disfavours)
+        assert proto.positive_units >= 6 / 18  # its lean: Yes at least to its own six
         assert all(u["score"] < 0 for u in proto.disfavours)
         for u in proto.favours:  # the voters: everyone with this dominant prototype said Yes
             assert u["text"] == statement(cluster, int(u["text"].split()[1]))  # prefix and quote cut off

@@ -113,7 +113,7 @@ def _print(result: Explanation, width: int) -> None:
             for column in table.columns:  # narrow terminals wrap the text instead of cutting it
                 column.overflow = "fold"
             console.print(table)
-    console.print(rows_table(result.user_rows(), "users by dominant prototype (largest weight)"))
+    console.print(rows_table(result.user_rows(), "users by dominant prototype (largest weight), its lean"))
     u = result.users
     if u["n_users"]:
         say(
@@ -125,7 +125,8 @@ def _print(result: Explanation, width: int) -> None:
     if groups is not None:
         if groups["source"]:
             say(f"groups: column {groups['column']} of {groups['source']}")
-        console.print(rows_table(result.contingency_rows(), "users by group and dominant prototype"))
+        say("users by group (rows) and dominant prototype (columns p0, p1, ...):")
+        console.print(rows_table(result.contingency_rows()))
         ari = "n/a" if groups["ari"] is None else f"{groups['ari']:.3f}"
         say(
             f"adjusted Rand index of dominant prototype vs group: {ari} ({groups['n_labelled']:,} users "
