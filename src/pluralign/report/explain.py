@@ -255,10 +255,11 @@ def explain(
     given ``users`` (a users CSV or a mapping user id -> group label), their agreement with the groups.
 
     Every unit (a dict) has: ``text`` (the prompt without what every prompt shares; response units:
-    ``prompt`` text -> response), ``prompt``, ``positive`` / ``negative`` (prompt units) or ``response``,
-    ``score``, ``margin`` (m_k), ``others`` (mean m_j of the other prototypes), ``n_rows``, ``share`` (of
-    those rows choosing the positive response / this response), ``n_rows_dominant`` and
-    ``share_dominant`` (the same over rows of users whose dominant prototype is k; None without rows).
+    ``prompt`` text -> response, or the response alone without prompts), ``prompt``, ``positive`` /
+    ``negative`` (prompt units) or ``response``, ``score``, ``margin`` (m_k), ``others`` (mean m_j of the
+    other prototypes), ``n_rows``, ``share`` (of those rows choosing the positive response / this
+    response), ``n_rows_dominant`` and ``share_dominant`` (the same over rows of users whose dominant
+    prototype is k; None without rows).
     The definitions are in this module's docstring.
     """
     if unit not in UNITS:
@@ -330,7 +331,7 @@ def explain(
         rejected_unit = lookup.reindex(pd.MultiIndex.from_arrays([data.context, data.rejected])).to_numpy()
         units = [
             {
-                "text": f"{display[c]} -> {data.items[i]}",
+                "text": f"{display[c]} -> {data.items[i]}" if display[c] else str(data.items[i]),
                 "prompt": str(data.contexts[c]),
                 "response": str(data.items[i]),
             }
