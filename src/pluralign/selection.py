@@ -57,6 +57,7 @@ from pluralign.data.comparisons import PreferenceData
 from pluralign.data.splits import split_per_user, split_users, take_per_user
 from pluralign.errors import DataError, PluralignError
 from pluralign.estimator import PALA, PALB, DataLike, PALEstimator
+from pluralign.evaluation import weight_spread
 from pluralign.training import budget
 from pluralign.training.config import TrainConfig
 
@@ -95,26 +96,6 @@ def log_loss(margins: np.ndarray) -> float:
 
 def _accuracy(margins: np.ndarray) -> float:
     return float(np.mean((margins > 0) + 0.5 * (margins == 0)))
-
-
-def weight_spread(weights: np.ndarray) -> dict[str, float]:
-    """How differently users weigh the K prototypes ([n_users, K] rows on the simplex).
-
-    ``entropy``: mean entropy of a user's weights over log K (0: every user on one prototype, 1: every user
-    uniform; 0 when K = 1). ``distance``: mean total-variation distance 0.5 ||w_u - mean w||_1 from the
-    mean weight (0: all users alike). ``effective_k``: exp(entropy of the mean weight), how many prototypes
-    the population uses.
-    """
-    w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0)
-    k = w.shape[1]
-    plogp = np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)
-    mean = w.mean(0)
-    mean_entropy = -float(np.sum(np.where(mean > 0, mean * np.log(np.where(mean > 0, mean, 1.0)), 0.0)))
-    return {
-        "entropy": float(-plogp.sum(1).mean() / math.log(k)) if k > 1 else 0.0,
-        "distance": float(0.5 * np.abs(w - mean).sum(1).mean()),
-        "effective_k": math.exp(mean_entropy),
-    }
 
 
 # --------------------------------------------------------------------------------------------------------

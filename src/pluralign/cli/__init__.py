@@ -3,6 +3,7 @@
 common    the apps, consoles, errors as one line, output, shared options, derived hyperparameter options
 train     train, select-k                      data      synth, persona build, embed
 use       eval, adapt, grow, score, ask        service   serve, score-remote
+explain   explain
 runs      demo, report, bench NAME             datasets  datasets polis
 dpo       dpo train, dpo generate
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 # importing a command module registers its commands (in --help, in this order)
 from pluralign.cli import train as train_commands  # noqa: F401  # isort: skip
 from pluralign.cli import use as use_commands  # noqa: F401  # isort: skip
+from pluralign.cli import explain as explain_commands  # noqa: F401  # isort: skip
 from pluralign.cli import data as data_commands  # noqa: F401  # isort: skip
 from pluralign.cli import service as service_commands  # noqa: F401  # isort: skip
 from pluralign.cli import runs as run_commands  # noqa: F401  # isort: skip

@@ -47,13 +47,23 @@ def report(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="HTML file to write (default: RUN/report.html).")
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data whose prompts explain the prototypes (default: the run's training file)."),
+    ] = None,
+    users: Annotated[
+        Path | None,
+        typer.Option(help="Users CSV with group labels (default: the data's <stem>.users.csv if present)."),
+    ] = None,
+    group_column: Annotated[str, typer.Option(help="The users file's group label column.")] = "group_id",
     verbose: Verbose = False,
 ) -> None:
-    """One self-contained HTML page (plots inline) summarizing a run: metrics, curves, user weights."""
+    """One self-contained HTML page (plots inline) summarizing a run: metrics, curves, user weights, and
+    what the prototypes stand for when the run's data is known."""
     setup(verbose)
     from pluralign.report.html import write_report
 
-    path = write_report(run, out)
+    path = write_report(run, out, data=data, users=users, group_column=group_column)
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 

@@ -26,9 +26,10 @@ from pluralign.cli.common import (
 )
 from pluralign.errors import PluralignError
 from pluralign.estimator.params import LARGE_EXTRA, TINY_PARAMS
+from pluralign.report.inputs import TRAIN_RUN
 
-#: the run's options, written by `pluralign train --out RUN` and read back by `--resume RUN`
-RUN_FILE = "train.json"
+#: the run's options, written by `pluralign train --out RUN` and read back by `--resume RUN` (and `report`)
+RUN_FILE = TRAIN_RUN
 CHECKPOINTS = "checkpoints"
 #: select-k sets K per fit and seeds each fold itself (its own --k and --seed); it writes no checkpoints
 SELECT_K_EXCLUDED = ("n_prototypes", "seed", "checkpoint_every", "checkpoint_seconds")

@@ -39,6 +39,13 @@ K vertices plus per-prototype histograms (K > 3).
 each synthetic user); points are colored by group and each group gets a picture of its users' dominant
 prototypes.
 
+What the prototypes stand for (:mod:`pluralign.report.explain`, docs/explain.md): for a checkpoint whose data
+is known, the prompts (or responses) each prototype favours most and least relative to the others, the users
+by dominant prototype and, with group labels, the adjusted Rand index against the groups. The data is
+``data`` when given, else the training file named in the run's ``train.json`` (``pluralign train --out``)
+if it still exists; group labels come from ``users`` (a users CSV), else the data's ``<stem>.users.csv``
+(``pluralign datasets polis``) when it has ``group_column``, else ``user_groups.json``.
+
 This module assembles the page; the inputs are read by :mod:`pluralign.report.inputs`, the figures drawn by
 :mod:`pluralign.report.figures` and the HTML pieces built by :mod:`pluralign.report.sections`.
 """
@@ -48,9 +55,10 @@ from __future__ import annotations
 import html
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pluralign.atomic import atomic_write_text
-from pluralign.errors import PluralignError
+from pluralign.errors import DataError, PluralignError
 from pluralign.report.figures import (
     MAX_GROUP_PANELS,
     UNGROUPED,
@@ -80,8 +88,15 @@ from pluralign.report.inputs import (
     read_metrics,
     read_results,
     read_user_groups,
+    training_data,
 )
-from pluralign.report.sections import checkpoint_row, html_table, metrics_row, weights_section
+from pluralign.report.sections import (
+    checkpoint_row,
+    explain_section,
+    html_table,
+    metrics_row,
+    weights_section,
+)
 
 # Every public name this module had before it was split into modules, so that importers keep working.
 __all__ = [
@@ -127,8 +142,52 @@ img { max-width: 100%; height: auto; display: block; margin: .5em 0 1.2em; }
 """
 
 
-def build_report(run_dir: str | Path) -> str:
-    """The report page of a run directory as HTML text."""
+def _explain_sections(
+    checkpoints: list[Checkpoint],
+    data: Path | None,
+    users: Path | None,
+    group_column: str,
+    user_groups: dict[str, str] | None,
+    missing: list[str],
+) -> list[str]:
+    """The "what the prototypes stand for" section of every checkpoint whose data is known. Data or users
+    given explicitly must work; a training file found through train.json that cannot be read is listed
+    as missing instead."""
+    from pluralign.report.explain import default_users_file, explain, read_groups
+
+    parts: list[str] = []
+    for ckpt in checkpoints:
+        source = data if data is not None else training_data(ckpt.path)
+        if source is None:
+            continue
+        labels: Any = users
+        if labels is None and (found := default_users_file(source)) is not None:
+            try:
+                read_groups(found, group_column)  # usable? (else: the next source of labels)
+                labels = found
+            except DataError:
+                pass
+        if labels is None:
+            labels = user_groups
+        try:
+            result = explain(ckpt.estimator, source, labels, group_column=group_column)
+        except PluralignError as exc:
+            if data is not None or users is not None:
+                raise
+            missing.append(f"the prototypes of {html.escape(ckpt.label)} ({html.escape(str(exc))})")
+            continue
+        parts += explain_section(ckpt.label, result)
+    return ["<h2>What the prototypes stand for</h2>", *parts] if parts else []
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    users: str | Path | None = None,
+    group_column: str = "group_id",
+) -> str:
+    """The report page of a run directory as HTML text (``data``, ``users``: see the module docstring)."""
     from pluralign.version import __version__
 
     run_dir = Path(run_dir)
@@ -174,6 +233,14 @@ def build_report(run_dir: str | Path) -> str:
             missing.append(f"<code>{GROUPS}</code> (weights by user group)")
     else:
         missing.append(f"<code>{MODEL}/</code> checkpoints (learned user weights)")
+    sections += _explain_sections(
+        checkpoints,
+        None if data is None else Path(data),
+        None if users is None else Path(users),
+        group_column,
+        user_groups,
+        missing,
+    )
 
     nonempty = [run for run in runs if run.records]
     if nonempty:
@@ -215,11 +282,18 @@ def build_report(run_dir: str | Path) -> str:
     )
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    users: str | Path | None = None,
+    group_column: str = "group_id",
+) -> Path:
     """Write the report page to ``out`` (default RUN_DIR/report.html) atomically; returns its path."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"
     if out.is_dir():
         raise PluralignError(f"--out {out} is a directory; give a file name such as {out / 'report.html'}")
-    text = build_report(run_dir)
+    text = build_report(run_dir, data=data, users=users, group_column=group_column)
     return atomic_write_text(out, text)

@@ -18,6 +18,8 @@ import pandas as pd
 from pluralign.errors import DataError
 
 RESULTS, GROUPS, METRICS, MODEL = "results.json", "user_groups.json", "metrics.jsonl", "model"
+#: the run's options as `pluralign train --out RUN` writes them (the training file's path among them)
+TRAIN_RUN = "train.json"
 RESULT_KEYS = ("table", "accuracy_vs_k", "few_shot")
 
 Curves = dict[str, tuple[list[float], list[float], list[float] | None]]
@@ -31,6 +33,7 @@ class Checkpoint:
     path: Path
     config: dict[str, Any]
     weights: pd.DataFrame
+    estimator: Any = None  # the loaded PALEstimator (for the explain section)
 
 
 @dataclass
@@ -172,4 +175,16 @@ def load_checkpoint_weights(label: str, directory: Path) -> Checkpoint:
 
     est = PALEstimator.load(directory)
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    return Checkpoint(label, directory, config, est.user_weights())
+    return Checkpoint(label, directory, config, est.user_weights(), est)
+
+
+def training_data(directory: Path) -> Path | None:
+    """The training file of the run a checkpoint belongs to, from ``RUN/train.json`` (written by
+    ``pluralign train --out RUN``; the checkpoint is RUN/model), if that file still exists."""
+    run = directory.parent if directory.name == MODEL else directory
+    try:
+        options = json.loads((run / TRAIN_RUN).read_text(encoding="utf-8"))["options"]
+        path = Path(options["train_data"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return path if path.is_file() else None

@@ -1,11 +1,12 @@
-"""The HTML pieces of the report page: tables, the section on each checkpoint's user weights, summary rows."""
+"""The HTML pieces of the report page: tables, the sections on each checkpoint's user weights and on what its
+prototypes stand for, summary rows."""
 
 from __future__ import annotations
 
 import html
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from pluralign.report.figures import (
     weight_histograms_figure,
 )
 from pluralign.report.inputs import GROUPS, Checkpoint, MetricsRun
+
+if TYPE_CHECKING:
+    from pluralign.report.explain import Explanation
 
 
 def _cell(value: Any) -> str:
@@ -83,6 +87,52 @@ def weights_section(ckpt: Checkpoint, user_groups: dict[str, str] | None) -> lis
         parts.append(
             png_img(group_figure(weights, groups, f"{name}: by group"), f"{ckpt.label}: weights by group")
         )
+    return parts
+
+
+def explain_section(label: str, result: Explanation) -> list[str]:
+    """What each prototype favours most and least relative to the others (texts whole), the users by
+    dominant prototype and, with group labels, the contingency table and its adjusted Rand index."""
+    units = "prompts" if result.unit == "prompt" else "prompt-response pairs"
+    chose = f"chose {result.positive}" if result.positive else "chose the positive response"
+    if result.unit == "response":
+        chose = "chose this response"
+    parts = [
+        f"<h3>{html.escape(label)}</h3>",
+        f"<p>{result.n_units:,} {units} in {result.n_rows:,} rows of <code>{html.escape(str(result.source))}"
+        f"</code>. <code>{html.escape(result.definition)}</code>. share: of the unit's rows, those that "
+        f"{html.escape(chose)}; rows_k, share_k: the same over users whose dominant prototype is k.</p>",
+    ]
+    for proto in result.prototypes:
+        for which, verb in (("favours", "favours most"), ("disfavours", "favours least")):
+            parts += [
+                f"<h4>prototype {proto.prototype} {verb}</h4>",
+                html_table(result.unit_rows(proto.prototype, which, width=0)),
+            ]
+    parts += ["<h4>users by dominant prototype</h4>", html_table(result.user_rows())]
+    users = result.users
+    if users["n_users"]:
+        parts.append(
+            f'<p class="note">{users["n_users"]:,} users: mean weight entropy {users["entropy"]:.3f} of '
+            f"log K, prototypes a user mixes {users['user_effective_k']:.2f} (mean exp entropy), "
+            f"prototypes the population uses {users['effective_k']:.2f}.</p>"
+        )
+    groups = result.groups
+    if groups is not None:
+        source = (
+            f"column <code>{html.escape(str(groups['column']))}</code> of "
+            f"<code>{html.escape(groups['source'])}</code>"
+            if groups["source"]
+            else f"<code>{GROUPS}</code>"
+        )
+        ari = "n/a" if groups["ari"] is None else f"{groups['ari']:.3f}"
+        parts += [
+            "<h4>groups by dominant prototype</h4>",
+            f"<p>Adjusted Rand index of dominant prototype vs group ({source}): <b>{ari}</b> "
+            f"({groups['n_labelled']:,} users with a label, {groups['n_unlabelled']:,} without).</p>",
+            html_table(result.contingency_rows()),
+        ]
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in result.notes]
     return parts
 
 
