@@ -4,6 +4,9 @@ is independent logistic regression, the ridge few-shot solver is exact, and the 
 from __future__ import annotations
 
 import inspect
+import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +14,11 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
 
+from pluralign.cli import app
 from pluralign.data.comparisons import PreferenceData
+from pluralign.datasets.synthetic import make_synthetic, write_synthetic
 from pluralign.errors import PluralignError
 from pluralign.estimator import BTL, ESTIMATORS, PALB, LoRe, MatrixFactorization, PALEstimator, PerUser
 from pluralign.estimator.params import LORE_PARAMS, MF_PARAMS, PER_USER_PARAMS, TINY_PARAMS
@@ -90,8 +96,8 @@ def test_recovers_planted_low_rank_structure(cls, kind, mixture, free):
     data = {"mixture": mixture, "free": free}[kind]
     _, seen, zero, few = _measure(cls, data)
     btl = BTL().fit(data["train"]).score(data["test"])
-    # measured (seed 0): LoRe 0.863 of the planted 0.885, BTL 0.708, new users 0.748 -> 0.848 with 10 shots;
-    # MF 0.895 of the planted 0.929, BTL 0.532, new users 0.559 -> 0.855
+    # measured (seed 0): LoRe 0.851 of the planted 0.873, BTL 0.738, new users 0.728 -> 0.834 with 10 shots;
+    # MF 0.899 of the planted 0.922, BTL 0.565, new users 0.551 -> 0.828
     assert seen > data["planted_seen"] - 0.06, (seen, data["planted_seen"])
     assert seen > btl + 0.1, (seen, btl)
     assert few > zero + 0.05, (zero, few)
@@ -100,8 +106,9 @@ def test_recovers_planted_low_rank_structure(cls, kind, mixture, free):
 
 def test_per_user_learns_every_user_on_its_own(free):
     _, seen, zero, few = _measure(PerUser, free)
-    # 16 free coefficients from 60 rows per user: below the shared K = 3 models, above BTL
-    assert 0.75 < seen < free["planted_seen"], seen
+    # 16 free coefficients from 60 rows per user: below MF (0.899), above BTL (0.565); measured 0.823,
+    # new users 0.556 -> 0.719
+    assert 0.75 < seen < free["planted_seen"] - 0.05, seen
     assert few > zero + 0.05, (zero, few)
 
 
@@ -236,3 +243,75 @@ def test_free_vectors_zero_shot_and_few_shot(fitted, free):
         mf.fit_weights(free["shots"], ridge=0.0)
     with pytest.raises(PluralignError, match="PAL-A or PAL-B"):
         lore.next_questions(pd.DataFrame({"a": ["item 0"], "b": ["item 1"]}), free["shots"])
+
+
+# --- command line and docs -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synth_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("peers_synth")
+    data = make_synthetic(
+        model="pal_b", dim=8, n_prototypes=2, n_users=12, n_train=30, n_test=10, n_unseen_users=4, seed=0
+    )
+    write_synthetic(data, out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("flag", "cls"), [("lore", LoRe), ("mf", MatrixFactorization), ("per-user", PerUser)]
+)
+def test_cli_trains_evaluates_and_adapts_a_peer(flag, cls, synth_files, tmp_path):
+    run, encoder = tmp_path / "run", str(synth_files / "vectors.npz")
+    args = ["train", str(synth_files / "train.jsonl"), "--encoder", encoder, "--out", str(run)]
+    args += ["--model", flag, "--epochs", "3", "--patience", "none", "--json"]
+    if cls is not PerUser:
+        args += ["--k", "2"]
+    if cls is not LoRe:
+        args += ["--user-l2", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["estimator"] == cls.__name__ and config["model_kind"] == cls.model_kind
+    if cls is not LoRe:
+        assert config["params"]["user_l2"] == 0.5
+    assert json.loads(result.stdout)[0]["K"] == (None if cls is PerUser else 2)
+    adapt = ["adapt", str(run), str(synth_files / "unseen_adapt.jsonl"), "--out", str(tmp_path / "adapted")]
+    adapt += ["--test", str(synth_files / "unseen_test.jsonl"), "--encoder", encoder, "--json"]
+    result = CliRunner().invoke(app, adapt)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)[0]
+    assert summary["users_fitted"] == 4 and 0.0 <= summary["few_shot_acc"] <= 1.0
+    est = PALEstimator.load(tmp_path / "adapted" / "model")
+    assert type(est) is cls and len(est.users_) == 16
+    frame = pd.read_json(synth_files / "test.jsonl", lines=True).head(3)
+    rewards = est.reward(list(frame["user_id"].astype(str)), list(frame["prompt"]), list(frame["chosen"]))
+    against = est.reward(list(frame["user_id"].astype(str)), list(frame["prompt"]), list(frame["rejected"]))
+    np.testing.assert_allclose(rewards - against, est.margins(frame), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_refuses_options_a_model_does_not_have(synth_files, tmp_path):
+    base = ["train", str(synth_files / "train.jsonl"), "--encoder", str(synth_files / "vectors.npz")]
+    for model, option in (
+        ("per-user", ["--dim", "4"]),
+        ("pal-b", ["--user-l2", "2"]),
+        ("lore", ["--f-layers", "1"]),
+    ):
+        result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / model), "--model", model, *option])
+        assert result.exit_code == 2 and "not an option of --model" in result.output, result.output
+        assert not (tmp_path / model / "model").exists()
+    result = CliRunner().invoke(
+        app, [*base, "--out", str(tmp_path / "x"), "--model", "mf", "--encoder-trainable"]
+    )
+    assert result.exit_code == 2 and "pal-a and pal-b" in result.output
+    result = CliRunner().invoke(app, ["select-k", str(synth_files / "train.jsonl"), "--model", "lore"])
+    assert result.exit_code == 2 and "select-k" in result.output
+
+
+def test_docs_example_runs(tmp_path, monkeypatch, capsys):
+    doc = Path(__file__).resolve().parents[1] / "docs" / "peers.md"
+    text = doc.read_text()
+    example = re.search(r"```python\n(.*?)```", text[text.index("## Python") :], re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, str(doc), "exec"), {"__name__": "docs_example"})
+    printed = capsys.readouterr().out
+    for name in ("LoRe", "MatrixFactorization", "PerUser"):
+        assert f"{name}: seen 0." in printed
