@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import typer.main
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from pluralign.cli import app
+from pluralign.cli.common import ModelKind
 from pluralign.data.comparisons import PreferenceData
 from pluralign.datasets.synthetic import make_synthetic, write_synthetic
 from pluralign.errors import PluralignError
@@ -304,6 +306,17 @@ def test_cli_refuses_options_a_model_does_not_have(synth_files, tmp_path):
     assert result.exit_code == 2 and "pal-a and pal-b" in result.output
     result = CliRunner().invoke(app, ["select-k", str(synth_files / "train.jsonl"), "--model", "lore"])
     assert result.exit_code == 2 and "select-k" in result.output
+
+
+def test_user_l2_is_a_train_option_with_the_tables_default_and_help():
+    from pluralign.estimator.params import PEER_EXTRA
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {p.name: p for p in command.params}
+    for param in PEER_EXTRA:
+        assert param.flag in options[param.name].opts and options[param.name].help == param.help
+        assert options[param.name].default == param.default == MatrixFactorization().user_l2
+    assert {"lore", "mf", "per-user"} <= {m.value for m in ModelKind}  # (each trains in the test above)
 
 
 def test_docs_example_runs(tmp_path, monkeypatch, capsys):
