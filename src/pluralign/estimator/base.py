@@ -49,7 +49,7 @@ ESTIMATORS: dict[str, type[PALEstimator]] = {}
 
 
 class PALEstimator(BaseEstimator):
-    """Shared machinery of BTL, PALA and PALB; use those classes.
+    """Shared machinery of BTL, PALA, PALB and the peers (LoRe, MatrixFactorization, PerUser); use those.
 
     A scikit-learn estimator: ``clone``, ``get_params`` / ``set_params``, ``GridSearchCV`` and ``Pipeline``
     work (``fit(X)`` takes preference rows, ``score(X)`` is pairwise accuracy). The hyperparameters and
