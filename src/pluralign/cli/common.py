@@ -60,6 +60,10 @@ class ModelKind(StrEnum):
     pal_a = "pal-a"
     pal_b = "pal-b"
     btl = "btl"
+    #: the peer methods (pluralign.estimator.peers)
+    lore = "lore"
+    mf = "mf"
+    per_user = "per-user"
 
 
 class Loss(StrEnum):

@@ -25,7 +25,7 @@ from pluralign.cli.common import (
     with_hyperparameters,
 )
 from pluralign.errors import PluralignError
-from pluralign.estimator.params import LARGE_EXTRA, TINY_PARAMS
+from pluralign.estimator.params import LARGE_EXTRA, PEER_EXTRA, TINY_PARAMS
 from pluralign.report.inputs import TRAIN_RUN
 
 #: the run's options, written by `pluralign train --out RUN` and read back by `--resume RUN` (and `report`)
@@ -51,7 +51,7 @@ def _absolute(hyper: dict[str, Any]) -> dict[str, Any]:
 
 @app.command()
 @command
-@with_hyperparameters((*TINY_PARAMS, *LARGE_EXTRA))  # progress, metrics, checkpoints: from OUT
+@with_hyperparameters((*TINY_PARAMS, *LARGE_EXTRA, *PEER_EXTRA))  # progress, metrics, checkpoints: from OUT
 def train(
     train_data: Annotated[
         Path | None, typer.Argument(metavar="[TRAIN]", help="Training preferences (not with --resume).")
@@ -66,7 +66,9 @@ def train(
     no_val: Annotated[
         bool, typer.Option("--no-val", help="No validation: train the whole step budget on every row.")
     ] = False,
-    model: Annotated[ModelKind, typer.Option(help="Model family.")] = ModelKind.pal_b,
+    model: Annotated[
+        ModelKind, typer.Option(help="Model family (lore, mf, per-user: peer methods, docs/peers.md).")
+    ] = ModelKind.pal_b,
     encoder_trainable: Annotated[
         bool,
         typer.Option(
@@ -160,12 +162,12 @@ def _read_run_options(run: Path) -> dict[str, Any]:
 def _estimator(options: dict[str, Any], out: Path) -> Any:
     """The estimator a run trains: its class from --model / --encoder-trainable, its hyperparameters from
     the options given (the rest at the class's defaults) and the run directory's files."""
-    from pluralign.estimator import BTL, PALA, PALB, PALALarge, PALBLarge
+    from pluralign.estimator import BTL, PALA, PALB, LoRe, MatrixFactorization, PALALarge, PALBLarge, PerUser
 
     kind = ModelKind(options["model"])
     params = dict(options["params"])
     if options.get("encoder_trainable"):
-        if kind is ModelKind.btl:
+        if kind not in (ModelKind.pal_a, ModelKind.pal_b):
             raise PluralignError("--encoder-trainable is for pal-a and pal-b")
         cls = PALALarge if kind is ModelKind.pal_a else PALBLarge
     else:
@@ -173,7 +175,18 @@ def _estimator(options: dict[str, Any], out: Path) -> Any:
         if large_only:
             flags = ", ".join("--" + name.replace("_", "-") for name in large_only)
             raise PluralignError(f"{flags}: PAL-Large options, for --encoder-trainable runs only")
-        cls = {ModelKind.btl: BTL, ModelKind.pal_a: PALA, ModelKind.pal_b: PALB}[kind]
+        cls = {
+            ModelKind.btl: BTL,
+            ModelKind.pal_a: PALA,
+            ModelKind.pal_b: PALB,
+            ModelKind.lore: LoRe,
+            ModelKind.mf: MatrixFactorization,
+            ModelKind.per_user: PerUser,
+        }[kind]
+    foreign = sorted(set(params) - {p.name for p in cls.hyperparameters})
+    if foreign:  # e.g. --dim for per-user, --user-l2 for pal-b: refused, not ignored
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise PluralignError(f"{flags}: not an option of --model {kind.value}")
     checkpointed = bool(params.get("checkpoint_every") or params.get("checkpoint_seconds"))
     return cls(
         **params,
@@ -208,7 +221,7 @@ def _train_run(options: dict[str, Any], out: Path, resume: bool, as_json: bool) 
     last = history.records[-1]
     row = {
         "model": options["model"],
-        "K": est.n_prototypes,
+        "K": est.get_params().get("n_prototypes"),  # None: a model without prototypes (per-user)
         "users": len(est.users_),
         "batch": history.settings["batch_size"],
         "steps": history.steps,
@@ -257,7 +270,7 @@ def select_k_command(
     setup(verbose)
     from pluralign.selection import parse_k_values, select_k
 
-    if model is ModelKind.btl:
+    if model not in (ModelKind.pal_a, ModelKind.pal_b):
         raise PluralignError("select-k compares numbers of prototypes: use --model pal-b or pal-a")
     selection = select_k(
         data,

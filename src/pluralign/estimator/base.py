@@ -34,7 +34,7 @@ from pluralign.estimator.checks import check_fit, check_training_data, check_val
 from pluralign.estimator.params import TINY_PARAMS, Param, make_init
 from pluralign.models.base import Batch, PreferenceModel, Tables, seeded_rng
 from pluralign.models.mlp import MLPConfig
-from pluralign.training.adaptation import ADAPT_INITS, fit_user_weights, weights_to_logits, zero_shot_weights
+from pluralign.training.adaptation import ADAPT_INITS, fit_user_weights, zero_shot_weights
 from pluralign.training.losses import PREFIX_LOSSES
 from pluralign.training.resume import checkpoint_callbacks
 from pluralign.training.trainer import History, TrainConfig, fit, predict_margins
@@ -49,7 +49,7 @@ ESTIMATORS: dict[str, type[PALEstimator]] = {}
 
 
 class PALEstimator(BaseEstimator):
-    """Shared machinery of BTL, PALA and PALB; use those classes.
+    """Shared machinery of BTL, PALA, PALB and the peers (LoRe, MatrixFactorization, PerUser); use those.
 
     A scikit-learn estimator: ``clone``, ``get_params`` / ``set_params``, ``GridSearchCV`` and ``Pipeline``
     work (``fit(X)`` takes preference rows, ``score(X)`` is pairwise accuracy). The hyperparameters and
@@ -221,7 +221,9 @@ class PALEstimator(BaseEstimator):
         train = self.prepare(train)
         if len(train) == 0:
             raise DataError("no training comparisons", path=train.source)
-        warnings = check_training_data(train, self.n_prototypes, type(self).__name__)
+        # a class without prototypes (PerUser) is checked as one reward per user
+        k = self.get_params().get("n_prototypes", 1)
+        warnings = check_training_data(train, k, type(self).__name__)
         users = pd.Index(train.user_ids[np.unique(train.user)].astype(str))
         validation, note = None, None
         if val is not None:
@@ -232,6 +234,7 @@ class PALEstimator(BaseEstimator):
             logger.info(note)
         model = self.build_model(len(users), train.item_dim, train.context_dim)
         train_part = (self.to_batch(train, rows_of(users, train)), self.to_tables(train))
+        model.set_training_rows(train_part[0].user)
         val_part = None
         if val is not None:
             if (val.item_dim, val.context_dim) != (train.item_dim, train.context_dim):
@@ -262,8 +265,12 @@ class PALEstimator(BaseEstimator):
         self.item_dim_, self.context_dim_ = train.item_dim, train.context_dim
         self.history_: History = history
         self.fit_warnings_: list[str] = warnings
-        self.zero_shot_weights_ = zero_shot_weights(model, len(users))
+        self.zero_shot_weights_ = self.zero_shot(model, len(users))
         return self
+
+    def zero_shot(self, model: PreferenceModel, n_seen: int) -> torch.Tensor:
+        """The weights of a user the model has not seen: the mean of the seen users' (a subclass hook)."""
+        return zero_shot_weights(model, n_seen)
 
     def check_fitted(self) -> None:
         """Raise a clear error unless ``fit`` or ``load`` has run."""
@@ -273,7 +280,7 @@ class PALEstimator(BaseEstimator):
     # --- prediction -------------------------------------------------------------------------------------
     def _logits_with_zero_shot(self) -> torch.Tensor:
         """The user table plus one last row holding the zero-shot weights, for unknown users."""
-        zero_shot = weights_to_logits(self.zero_shot_weights_.double())
+        zero_shot = self.model_.logits_of(self.zero_shot_weights_.double())
         return torch.cat([self.model_.user_logits.detach(), zero_shot[None]])
 
     def margins(self, data: DataLike) -> np.ndarray:
@@ -310,7 +317,8 @@ class PALEstimator(BaseEstimator):
         return float(np.mean((margin > 0) + 0.5 * (margin == 0)))
 
     def user_weights(self, user_ids: Sequence[str] | None = None) -> pd.DataFrame:
-        """Mixture weights per user (rows) over prototypes (columns w0..w{K-1})."""
+        """Mixture weights per user (rows) over prototypes (columns w0..w{K-1}); for models whose users
+        are free vectors (MatrixFactorization, PerUser), those vectors (not on the simplex)."""
         self.check_fitted()
         weights = self.model_.weights().detach().double().numpy()
         frame = pd.DataFrame(weights, index=self.users_, columns=[f"w{k}" for k in range(weights.shape[1])])
@@ -370,11 +378,6 @@ class PALEstimator(BaseEstimator):
         ``adapt_method`` "map" starts at ``zero_shot_weights_`` with ``adapt_ridge`` (our default); "paper"
         starts at a random point (seeded by ``seed``) with no ridge, as PAL App. D.1. ``ridge`` overrides.
         """
-        init = ADAPT_INITS.get(self.adapt_method)
-        if init is None:
-            raise ValueError(
-                f"unknown adapt_method '{self.adapt_method}', expected one of {list(ADAPT_INITS)}"
-            )
         self.check_fitted()
         data = self.prepare(data)
         present = np.unique(data.user)
@@ -382,11 +385,27 @@ class PALEstimator(BaseEstimator):
         local = np.full(len(data.user_ids), -1, dtype=np.int64)
         local[present] = np.arange(len(present))
         batch = self.to_batch(data, local[data.user])
-        weights = fit_user_weights(
+        weights = self.few_shot_weights(batch, self.to_tables(data), len(ids), ridge)
+        frame = pd.DataFrame(weights.numpy(), index=ids, columns=[f"w{k}" for k in range(weights.shape[1])])
+        frame.index.name = "user_id"
+        frame["n_comparisons"] = np.bincount(batch.user.numpy(), minlength=len(ids))
+        return frame
+
+    def few_shot_weights(
+        self, batch: Batch, tables: Tables, n_users: int, ridge: float | None
+    ) -> torch.Tensor:
+        """Weights [n_users, K] of users 0..n_users-1 of ``batch`` with the model frozen (``fit_weights``'
+        solver; a subclass hook)."""
+        init = ADAPT_INITS.get(self.adapt_method)
+        if init is None:
+            raise ValueError(
+                f"unknown adapt_method '{self.adapt_method}', expected one of {list(ADAPT_INITS)}"
+            )
+        return fit_user_weights(
             self.model_,
             batch,
-            self.to_tables(data),
-            n_users=len(ids),
+            tables,
+            n_users=n_users,
             prior=self.zero_shot_weights_,
             loss=self.loss,
             ridge=(0.0 if init == "random" else self.adapt_ridge) if ridge is None else ridge,
@@ -394,17 +413,13 @@ class PALEstimator(BaseEstimator):
             seed=self.seed,
             init=init,
         )
-        frame = pd.DataFrame(weights.numpy(), index=ids, columns=[f"w{k}" for k in range(weights.shape[1])])
-        frame.index.name = "user_id"
-        frame["n_comparisons"] = np.bincount(batch.user.numpy(), minlength=len(ids))
-        return frame
 
     def adapt(self, data: DataLike, *, ridge: float | None = None) -> pd.DataFrame:
         """``fit_weights``, then store the weights: new users are added to the model, known users are
         re-fitted from these rows alone. Returns what ``fit_weights`` returns."""
         frame = self.fit_weights(data, ridge=ridge)
         weights = torch.tensor(frame.filter(regex=r"^w\d+$").to_numpy())
-        logits = weights_to_logits(weights)
+        logits = self.model_.logits_of(weights)
         rows = self.users_.get_indexer(frame.index)
         new = rows < 0
         with torch.no_grad():

@@ -236,6 +236,48 @@ def with_defaults(params: Sequence[Param], **defaults: Any) -> tuple[Param, ...]
 LARGE_PARAMS: tuple[Param, ...] = (*with_defaults(TINY_PARAMS, **LARGE_DEFAULTS), *LARGE_EXTRA)
 BTL_PARAMS: tuple[Param, ...] = with_defaults(TINY_PARAMS, n_prototypes=1)
 
+
+def without(params: Sequence[Param], *names: str) -> tuple[Param, ...]:
+    """``params`` but ``names`` (for a class where they would mean nothing)."""
+    unknown = set(names) - {p.name for p in params}
+    if unknown:
+        raise KeyError(f"no such hyperparameter(s): {', '.join(sorted(unknown))}")
+    return tuple(p for p in params if p.name not in names)
+
+
+#: the peer methods' own hyperparameter (pluralign.estimator.peers)
+PEER_EXTRA: tuple[Param, ...] = (
+    P(
+        "user_l2",
+        1.0,
+        float,
+        "MF, per-user: L2 penalty on each user's free vector (user_l2 / 2 * ||u||^2 per user, as "
+        "scikit-learn's C = 1 / user_l2), in training and as the ridge of a new user's few-shot fit.",
+        "model",
+    ),
+)
+#: TINY_PARAMS a map-free or simplex-free peer has no use for (its tables leave them out, not ignore them)
+_MAPS = ("dim", "f_layers", "g_layers", "hidden", "dropout", "residual", "bias", "lr_maps", "wd_maps")
+_SIMPLEX_ADAPT = ("adapt_ridge", "adapt_steps", "adapt_method")
+_PROTOTYPES = ("lr_prototypes", "wd_prototypes")
+#: LoRe: a linear basis V (the "prototypes" group) and simplex weights, solved exactly for new users
+LORE_PARAMS: tuple[Param, ...] = without(TINY_PARAMS, *_MAPS, "loss", "adapt_steps")
+#: matrix factorisation: maps b and g (f_layers), free user vectors
+MF_PARAMS: tuple[Param, ...] = (
+    *without(TINY_PARAMS, "dim", "g_layers", "loss", *_PROTOTYPES, *_SIMPLEX_ADAPT),
+    *PEER_EXTRA,
+)
+#: per-user linear rewards: nothing shared, only the users' vectors. Their rate is fixed at 0.3: the budget's
+#: users' rate (for PAL's weight logits, 0.035 on 2,000 full-batch rows) leaves a single user's logistic
+#: regression unconverged in the default steps (largest coefficient error 0.44 vs 5e-6 at 0.3; D = 8)
+PER_USER_PARAMS: tuple[Param, ...] = (
+    *with_defaults(
+        without(TINY_PARAMS, "n_prototypes", *_MAPS, "loss", *_PROTOTYPES, *_SIMPLEX_ADAPT),
+        lr_users=0.3,
+    ),
+    *PEER_EXTRA,
+)
+
 #: parameters that may be given by position (the rest are keyword-only)
 POSITIONAL = ("n_prototypes", "dim")
 

@@ -1,5 +1,8 @@
 """What every preference model shares: user weights on the simplex and batch indexing.
 
+``FreeUserModel`` is the variant whose users are free vectors (no simplex), with an L2 penalty on them
+(matrix factorisation, per-user rewards: ``pluralign.models.mf``, ``pluralign.models.per_user``).
+
 A batch is four index tensors (user, context, chosen, rejected) into tables of item vectors
 [n_items, Dx] and context vectors [n_contexts, Dc]. Models evaluate their maps once per unique row the
 batch touches and gather, so the cost scales with distinct texts, not comparisons.
@@ -65,6 +68,8 @@ class PreferenceModel(nn.Module):
 
     #: short name used in checkpoints and the CLI
     kind: str = ""
+    #: margins are ``prototype_margins(batch, tables) @ w_u`` (PAL-B, LoRe): few-shot fits are solved exactly
+    linear_in_weights: bool = False
 
     def __init__(self, n_users: int, n_prototypes: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -83,12 +88,24 @@ class PreferenceModel(nn.Module):
         """Users' mixture weights (softmax of their logits), [n_users, K]."""
         return torch.softmax(self.user_logits if logits is None else logits, dim=-1)
 
+    def logits_of(self, weights: torch.Tensor) -> torch.Tensor:
+        """User-table rows whose ``weights`` are ``weights`` (the inverse of ``weights``)."""
+        return weights_to_logits(weights)
+
     def margins(self, batch: Batch, tables: Tables, logits: torch.Tensor | None = None) -> torch.Tensor:
         """r_u(chosen, c) - r_u(rejected, c) per row. ``logits`` replaces the user table (few-shot fits)."""
         logits = self.user_logits if logits is None else logits
         users, (user_pos,) = unique_inverse(batch.user)
-        weights = torch.softmax(logits[users], dim=-1)
+        weights = self.weights(logits[users])
         return self._margins(weights, user_pos, batch, tables)
+
+    def set_training_rows(self, users: torch.Tensor) -> None:
+        """Hook called before training with the user row of every training comparison (models with a
+        per-user penalty count each user's rows here); nothing by default."""
+
+    def penalty(self, batch: Batch) -> torch.Tensor:
+        """A regulariser added to the summed loss of ``batch``'s rows during training; 0 by default."""
+        return torch.zeros((), device=self.user_logits.device)
 
     def _margins(
         self, weights: torch.Tensor, user_pos: torch.Tensor, batch: Batch, tables: Tables
@@ -120,3 +137,50 @@ def joint_pairs(batch: Batch, tables: Tables) -> tuple[torch.Tensor, torch.Tenso
     )
     joint = torch.cat([tables.items[pairs // n_contexts], tables.contexts[pairs % n_contexts]], dim=-1)
     return joint, chosen_pos, rejected_pos
+
+
+class FreeUserModel(PreferenceModel):
+    """Users as free vectors u_u in R^K (no simplex): ``weights`` is the user table itself.
+
+    Training adds the penalty ``user_l2 / 2 * ||u_u||^2`` per user, spread over the user's training rows
+    (``user_l2 / (2 n_u) * ||u_u||^2`` per row), so one pass over the data adds each user's penalty once and
+    a full-batch step minimises  sum_j loss_j + sum_u user_l2 / 2 * ||u_u||^2  (over the row count).
+    Subclasses give ``linear_features``: margins are affine in u, which makes few-shot fits ridge
+    logistic regressions (``pluralign.training.ridge``).
+    """
+
+    def __init__(
+        self, n_users: int, width: int, user_l2: float = 1.0, generator: torch.Generator | None = None
+    ) -> None:
+        if user_l2 < 0:
+            raise ValueError(f"user_l2 must be >= 0, got {user_l2}")
+        super().__init__(n_users, width, generator)
+        self.user_l2 = float(user_l2)
+        # rows per training user (set by set_training_rows; not saved: only training reads it)
+        self.register_buffer("row_counts", torch.ones(n_users), persistent=False)
+
+    def weights(self, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The users' vectors as they are, [n_users, K] (not on the simplex)."""
+        return self.user_logits if logits is None else logits
+
+    def logits_of(self, weights: torch.Tensor) -> torch.Tensor:
+        return weights.to(self.user_logits.dtype)
+
+    def set_training_rows(self, users: torch.Tensor) -> None:
+        counts = torch.bincount(users.cpu(), minlength=self.n_users).clamp(min=1)
+        self.row_counts = counts.to(self.user_logits)
+
+    def penalty(self, batch: Batch) -> torch.Tensor:
+        if not self.user_l2:
+            return super().penalty(batch)
+        vectors = self.user_logits[batch.user]
+        return 0.5 * self.user_l2 * (vectors.square().sum(-1) / self.row_counts[batch.user]).sum()
+
+    def linear_features(self, batch: Batch, tables: Tables) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(offset [B], features [B, K])`` with margin_j = offset_j + features_j . u_{user_j}."""
+        raise NotImplementedError
+
+    def grow_users(self, n_new: int, init: torch.Tensor | None = None) -> None:
+        """Append ``n_new`` users (zero vectors unless ``init`` is given)."""
+        super().grow_users(n_new, init)
+        self.row_counts = torch.cat([self.row_counts, torch.ones(n_new).to(self.row_counts)])

@@ -24,6 +24,7 @@ MAX_LOG_SCALE = math.log(100.0)
 
 class PALBModel(PreferenceModel):
     kind = "pal_b"
+    linear_in_weights = True
 
     def __init__(
         self,

@@ -3,8 +3,9 @@ of the seen users (zero-shot).
 
 Per new user u the objective is  sum_j loss(m_j(w_u)) + ridge/2 * ||w_u - w0||^2  over the simplex, where
 w0 is the zero-shot weight vector: the ridge keeps users with one or two answers near the population.
-PAL-B margins are linear in w, so its problem is convex and solved exactly (training.simplex); other models
-take full-batch Adam steps on the users' logits, all users at once.
+PAL-B (and LoRe) margins are linear in w, so their problem is convex and solved exactly (training.simplex);
+other models take full-batch Adam steps on the users' logits, all users at once. Models whose users are free
+vectors (``FreeUserModel``: no simplex) have their own solver, ``training.ridge``.
 
 Two starting points (``init``): "prior" starts every user at w0 (with the ridge: a MAP estimate, our
 default); "random" starts each user at softmax(z), z ~ N(0, I_K), as the PAL paper does for unseen users
@@ -17,8 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from pluralign.models.base import MIN_LOG_WEIGHT, Batch, PreferenceModel, Tables, weights_to_logits
-from pluralign.models.pal_b import PALBModel
+from pluralign.models.base import (
+    MIN_LOG_WEIGHT,
+    Batch,
+    FreeUserModel,
+    PreferenceModel,
+    Tables,
+    weights_to_logits,
+)
 from pluralign.training.losses import get_loss, response_loss
 from pluralign.training.simplex import fit_simplex_weights
 
@@ -71,6 +78,8 @@ def fit_user_weights(
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     if init not in INITS:
         raise ValueError(f"unknown init '{init}', expected one of {', '.join(INITS)}")
+    if isinstance(model, FreeUserModel):
+        raise ValueError(f"'{model.kind}' users are free vectors, not simplex weights: use training.ridge")
     loss = response_loss(loss)  # a prefix loss on whole responses is the logistic loss
     k = model.n_prototypes
     prior = prior.detach().double()
@@ -84,7 +93,7 @@ def fit_user_weights(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        if isinstance(model, PALBModel):
+        if model.linear_in_weights:
             weights = _exact_fit(model, batch, tables, counts, prior, loss, ridge, start_logits)
         else:
             weights = _gradient_fit(model, batch, tables, counts, prior, loss, ridge, steps, lr, start_logits)
@@ -95,7 +104,7 @@ def fit_user_weights(
 
 
 def _exact_fit(
-    model: PALBModel,
+    model: PreferenceModel,
     batch: Batch,
     tables: Tables,
     counts: torch.Tensor,

@@ -5,7 +5,8 @@ lines, data parallel under torch.distributed (training/distributed.py).
 
 What varies between models is how a step turns its rows into a loss, a ``Feed``:
 
-    TableFeed            PAL-Tiny: margins over fixed tables of item and context vectors
+    TableFeed            PAL-Tiny: margins over fixed tables of item and context vectors (plus the
+                         model's ``penalty``, e.g. the L2 on free user vectors of the peer methods)
     large.SourceFeed     PAL-Large: the rows' texts re-embedded by the trainable tower on every step
                          (its ``module`` trains too, with its own learning rate); also the per-prefix
                          (cumulative) loss over prefix tables, for Tiny and Large
@@ -85,7 +86,7 @@ class TableFeed:
         self, model: PreferenceModel, rows: Batch, loss_fn: LossFn
     ) -> tuple[torch.Tensor, torch.Tensor]:
         margin = model.margins(rows, self.tables)
-        return loss_fn(margin).sum(), margin.detach()
+        return loss_fn(margin).sum() + model.penalty(rows), margin.detach()
 
     def fingerprint_tensors(self) -> Iterable[torch.Tensor]:
         return table_sample(self.tables)
