@@ -69,14 +69,16 @@ DATASETS = ("polis", "polis-each", "persona", "synthetic")
 SHOTS = (0, 5, 10, 20)
 POOL = max(SHOTS)
 BASELINES = ("majority", "groups (reference)")
-#: method -> (estimator class name in pluralign.estimator, takes the selected K)
-METHODS: dict[str, tuple[str, bool]] = {
-    "btl": ("BTL", False),
-    "per-user": ("PerUser", False),
-    "mf": ("MatrixFactorization", True),
-    "lore": ("LoRe", True),
-    "pal-a": ("PALA", True),
-    "pal-b": ("PALB", True),
+#: method -> (estimator class name in pluralign.estimator, its K: None, "select" = select_k's choice,
+#: "cv-accuracy" = the K of the best mean seen-user accuracy in select_k's cross-validation table)
+METHODS: dict[str, tuple[str, str | None]] = {
+    "btl": ("BTL", None),
+    "per-user": ("PerUser", None),
+    "mf": ("MatrixFactorization", "select"),
+    "lore": ("LoRe", "select"),
+    "pal-a": ("PALA", "select"),
+    "pal-b": ("PALB", "select"),
+    "pal-b-cv": ("PALB", "cv-accuracy"),
 }
 console = Console(width=200, stderr=True)
 logger = logging.getLogger("real_data")
@@ -212,7 +214,16 @@ def splits(data: PreferenceData, seed: int) -> dict[str, PreferenceData]:
     return {"train": train, "test": test, "pool": pool, "unseen_test": unseen_test}
 
 
-def run_seed(bench: Bench, seed: int, k: int, args: argparse.Namespace) -> dict:
+def method_k(rule: str | None, k: dict) -> int | None:
+    """The K a method's rule takes from ``choose_k``'s result."""
+    if rule is None:
+        return None
+    if rule == "cv-accuracy" and "seen_accuracy" in k:
+        return int(np.argmax(k["seen_accuracy"])) + 1
+    return k["k"]
+
+
+def run_seed(bench: Bench, seed: int, k: dict, args: argparse.Namespace) -> dict:
     s = splits(bench.data, seed)
     out: dict = {
         "seed": seed,
@@ -226,8 +237,10 @@ def run_seed(bench: Bench, seed: int, k: int, args: argparse.Namespace) -> dict:
             "unseen": {str(n): majority_accuracy(s["train"], s["unseen_test"], groups) for n in SHOTS},
         }
     for name in args.methods:
-        cls_name, takes_k = METHODS[name]
-        params = {"seed": seed, "max_steps": args.max_steps, **({"n_prototypes": k} if takes_k else {})}
+        cls_name, rule = METHODS[name]
+        n_prototypes = method_k(rule, k)
+        params = {"seed": seed, "max_steps": args.max_steps}
+        params.update({} if n_prototypes is None else {"n_prototypes": n_prototypes})
         est = getattr(pluralign.estimator, cls_name)(**params)
         start = time.perf_counter()
         est.fit(s["train"])
@@ -238,7 +251,7 @@ def run_seed(bench: Bench, seed: int, k: int, args: argparse.Namespace) -> dict:
             "unseen": {str(int(n)): float(a) for n, a in zip(curve["shots"], curve["accuracy"], strict=True)},
             "seconds": seconds,
             "steps": est.history_.steps,
-            "k": k if takes_k else None,
+            "k": n_prototypes,
             "warnings": list(est.fit_warnings_),
         }
         logger.info(
@@ -251,11 +264,11 @@ def choose_k(bench: Bench, args: argparse.Namespace) -> dict:
     """select_k's K for PAL-B on seed 0's training rows."""
     if args.k is not None:
         return {"k": args.k, "source": "--k"}
-    if args.k_from is not None:
+    if args.k_from is not None:  # a results.json, or the partial.json of a run still going
         previous = json.loads(args.k_from.read_text())["results"]
-        if bench.name not in previous:
-            raise SystemExit(f"error: {args.k_from} has no result for {bench.name}")
-        return {**previous[bench.name]["k"], "from": str(args.k_from)}
+        if bench.name in previous:
+            return {**previous[bench.name]["k"], "from": str(args.k_from)}
+        logger.info("%s: not in %s, running select_k (same seed, same K)", bench.name, args.k_from)
     train = splits(bench.data, 0)["train"]
     start = time.perf_counter()
     sel = select_k(
@@ -293,6 +306,7 @@ def summarize(seeds: list[dict]) -> dict[str, dict]:
         }
         if "seconds" in runs[0]:
             out[method]["seconds"] = stat([r["seconds"] for r in runs])
+            out[method]["k"] = runs[0]["k"]
     return out
 
 
@@ -319,10 +333,10 @@ def _cell(stat: list[float]) -> str:
     return f"{stat[0]:.4f} ± {stat[1]:.4f}"
 
 
-def table_rows(summary: dict[str, dict], k: int | None) -> list[dict]:
+def table_rows(summary: dict[str, dict]) -> list[dict]:
     rows = []
     for method, s in summary.items():
-        name = f"{method} (K={k})" if method in ("pal-b", "pal-a", "mf", "lore") and k else method
+        name = f"{method} (K={s['k']})" if s.get("k") else method
         row = {"method": name, "seen": _cell(s["seen"])}
         row.update({f"unseen n={n}": _cell(s["unseen"][str(n)]) for n in SHOTS})
         row["fit s"] = f"{s['seconds'][0]:.1f}" if "seconds" in s else ""
@@ -342,7 +356,7 @@ def markdown(results: dict, config: dict) -> str:
         lines += [f"### {name}" + (f" (K = {k} by select-k)" if k else ""), ""]
         if "rows" in info:
             lines += [f"{info['rows']:,} comparisons.", ""]
-        rows = table_rows(res["summary"], k)
+        rows = table_rows(res["summary"])
         header = list(rows[0])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
@@ -419,9 +433,9 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             f"{bench.name}: {len(bench.data):,} comparisons, {len(bench.data.users_present()):,} users"
         )
         k = choose_k(bench, args)
-        seeds = [run_seed(bench, seed, k["k"], args) for seed in range(args.seeds)]
+        seeds = [run_seed(bench, seed, k, args) for seed in range(args.seeds)]
         results[bench.name] = {"info": bench.info, "k": k, "seeds": seeds, "summary": summarize(seeds)}
-        console.print(rows_table(table_rows(results[bench.name]["summary"], k["k"]), title=bench.name))
+        console.print(rows_table(table_rows(results[bench.name]["summary"]), title=bench.name))
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out / "partial.json", {"results": results})  # a crash loses one dataset
     return results
@@ -474,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = {n: r for n, r in results.items() if not n.startswith("polis/")}
     if pooled:
         shown["polis (mean of conversations)"] = pooled
-        console.print(rows_table(table_rows(pooled["summary"], None), title="polis: mean over conversations"))
+        console.print(rows_table(table_rows(pooled["summary"]), title="polis: mean over conversations"))
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         args.out / "results.json", {"config": config, "results": results, "polis_conversations_mean": pooled}

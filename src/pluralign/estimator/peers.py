@@ -43,7 +43,7 @@ class LoRe(PALEstimator):
     adapt_steps: ClassVar[int] = 300  # unused: LoRe's few-shot fit is exact
 
     def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
-        return LoReModel(n_users, self.n_prototypes, item_dim, self._generator())
+        return LoReModel(n_users, self.n_prototypes, item_dim, context_dim, self._generator())
 
 
 class FreeUserEstimator(PALEstimator):
@@ -116,7 +116,7 @@ class PerUser(FreeUserEstimator):
     hyperparameters = PER_USER_PARAMS
 
     def build_model(self, n_users: int, item_dim: int, context_dim: int) -> PreferenceModel:
-        return PerUserModel(n_users, item_dim, self.user_l2, self._generator())
+        return PerUserModel(n_users, item_dim, context_dim, self.user_l2, self._generator())
 
 
 __all__ = ["FreeUserEstimator", "LoRe", "MatrixFactorization", "PerUser"]

@@ -184,3 +184,47 @@ class FreeUserModel(PreferenceModel):
         """Append ``n_new`` users (zero vectors unless ``init`` is given)."""
         super().grow_users(n_new, init)
         self.row_counts = torch.cat([self.row_counts, torch.ones(n_new).to(self.row_counts)])
+
+
+#: prompt x response widths up to this get the full outer product in the linear features
+OUTER_MAX = 4096
+
+
+def linear_feature_dim(item_dim: int, context_dim: int) -> int:
+    """Width of :func:`linear_features` for responses of width Dx and prompts of width Dc."""
+    if context_dim == 0:
+        return item_dim
+    if item_dim * context_dim <= OUTER_MAX:
+        return item_dim + item_dim * context_dim
+    if context_dim == item_dim:
+        return 2 * item_dim
+    raise ValueError(
+        f"a linear reward needs prompt vectors of the responses' width ({item_dim}) or a small product "
+        f"of the widths (<= {OUTER_MAX}), got prompts of width {context_dim}: embed prompts and responses "
+        "with one encoder"
+    )
+
+
+def linear_features(items: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+    """phi(x, c): the feature map of the linear rewards (LoRe, PerUser), [B, linear_feature_dim].
+
+    x alone without prompts; [x; vec(x c^T)] when Dx * Dc <= OUTER_MAX (every bilinear term x_i c_j);
+    else [x; x * c] (prompts of the responses' width: the diagonal bilinear terms x_i c_i). The prompt's own
+    part of a linear reward, v^T c, is the same for both responses of a comparison and cancels in every
+    margin; the bilinear terms are how a linear reward depends on the prompt. On Polis-shaped rows (the
+    statement in the prompt, responses Yes / No) they carry the statement: the margin is a linear function
+    of the statement's embedding."""
+    dc = contexts.shape[-1]
+    if dc == 0:
+        return items
+    if items.shape[-1] * dc <= OUTER_MAX:
+        return torch.cat([items, (items[:, :, None] * contexts[:, None, :]).flatten(1)], dim=-1)
+    return torch.cat([items, items * contexts], dim=-1)
+
+
+def linear_pair_features(batch: Batch, tables: Tables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`linear_features` of the unique (response, prompt) pairs a batch touches, and each row's
+    chosen and rejected positions in them."""
+    joint, chosen_pos, rejected_pos = joint_pairs(batch, tables)
+    dx = tables.items.shape[1]
+    return linear_features(joint[:, :dx], joint[:, dx:]), chosen_pos, rejected_pos

@@ -6,8 +6,9 @@ trained with the Bradley-Terry loss plus  user_l2 / 2 * ||theta_u||^2  per user.
 (one [n_users, D] table, the sum of the users' losses), and since no parameter is shared the sum splits
 into independent problems: each theta_u is the L2-regularised logistic regression of its user's difference
 vectors phi(chosen) - phi(rejected) (scikit-learn's ``LogisticRegression(C=1 / user_l2,
-fit_intercept=False)``), up to the optimiser's convergence. phi(x, c) is the response's frozen embedding x:
-a linear reward's prompt part cancels in every margin (see ``pluralign.models.lore``).
+fit_intercept=False)``), up to the optimiser's convergence. phi(x, c) = [x; x * c] over the frozen
+response and prompt embeddings (x alone without prompts; ``models.base.linear_features``, and
+``pluralign.models.lore`` for why).
 
 A user not seen in training gets the mean of the seen users' theta (about the population's reward). A new
 user's few-shot theta is their own ridge logistic regression shrunk toward that mean: the prior is
@@ -24,21 +25,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pluralign.models.base import Batch, FreeUserModel, Tables, unique_inverse
+from pluralign.models.base import (
+    Batch,
+    FreeUserModel,
+    Tables,
+    linear_feature_dim,
+    linear_features,
+    linear_pair_features,
+)
 
 
 class PerUserModel(FreeUserModel):
     kind = "per_user"
 
     def __init__(
-        self, n_users: int, item_dim: int, user_l2: float = 1.0, generator: torch.Generator | None = None
+        self,
+        n_users: int,
+        item_dim: int,
+        context_dim: int = 0,
+        user_l2: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(n_users, item_dim, user_l2, generator)
+        super().__init__(n_users, linear_feature_dim(item_dim, context_dim), user_l2, generator)
 
     def linear_features(self, batch: Batch, tables: Tables) -> tuple[torch.Tensor, torch.Tensor]:
-        items, (chosen_pos, rejected_pos) = unique_inverse(batch.chosen, batch.rejected)
-        vectors = tables.items[items]
-        features = vectors[chosen_pos] - vectors[rejected_pos]
+        vectors, chosen_pos, rejected_pos = linear_pair_features(batch, tables)
+        features = vectors[chosen_pos] - vectors[rejected_pos]  # [B, D']
         return torch.zeros(len(features), dtype=features.dtype, device=features.device), features
 
     def _margins(
@@ -48,7 +60,7 @@ class PerUserModel(FreeUserModel):
         return (features * weights[user_pos]).sum(-1)
 
     def rewards(self, weights: torch.Tensor, items: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-        return (items * weights).sum(-1)
+        return (linear_features(items, contexts) * weights).sum(-1)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"maps": [], "prototypes": [], "users": [self.user_logits]}
