@@ -209,7 +209,9 @@ def linear_features(items: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor
     """phi(x, c): the feature map of the linear rewards (LoRe, PerUser), [B, linear_feature_dim].
 
     x alone without prompts; [x; vec(x c^T)] when Dx * Dc <= OUTER_MAX (every bilinear term x_i c_j);
-    else [x; x * c] (prompts of the responses' width: the diagonal bilinear terms x_i c_i). The prompt's own
+    else [x; sqrt(Dx) x * c] (prompts of the responses' width: the diagonal bilinear terms x_i c_i, scaled
+    so that for unit vectors the block has about x's norm, as vec(x c^T) has: unscaled, its entries are
+    about 1/D and a rate-limited optimizer barely moves it). The prompt's own
     part of a linear reward, v^T c, is the same for both responses of a comparison and cancels in every
     margin; the bilinear terms are how a linear reward depends on the prompt. On Polis-shaped rows (the
     statement in the prompt, responses Yes / No) they carry the statement: the margin is a linear function
@@ -219,7 +221,7 @@ def linear_features(items: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor
         return items
     if items.shape[-1] * dc <= OUTER_MAX:
         return torch.cat([items, (items[:, :, None] * contexts[:, None, :]).flatten(1)], dim=-1)
-    return torch.cat([items, items * contexts], dim=-1)
+    return torch.cat([items, items * contexts * items.shape[-1] ** 0.5], dim=-1)
 
 
 def linear_pair_features(batch: Batch, tables: Tables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
