@@ -275,3 +275,26 @@ def test_the_docs_commands_run(tmp_path, monkeypatch):
         result = runner.invoke(app, argv[1:], catch_exceptions=False)
         assert result.exit_code == 0, (argv, result.output)
     assert "prototype 0 favours most" in result.stdout and "adjusted Rand index" in result.stdout
+
+
+def test_pooled_conversations_show_statements_and_qualify_groups(tmp_path):
+    """Prompts of several Polis conversations are trimmed per conversation (their first line), and group ids,
+    numbered per conversation by Polis, become <conversation>/<group>."""
+    prompts = [
+        f'On "{topic}": do you agree with the following statement?\n"{s}"'
+        for topic, s in [
+            ("Housing", "Build more"),
+            ("Housing", "Rent caps"),
+            ("Brexit", "Leave"),
+            ("Brexit", "Stay"),
+        ]
+    ]
+    assert display_texts(np.asarray(prompts, dtype=object)).tolist() == [
+        "Build more",
+        "Rent caps",
+        "Leave",
+        "Stay",
+    ]
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,conversation,group_id\nh/1,housing,0\nh/2,housing,\nb/1,brexit,0\n")
+    assert read_groups(users).to_dict() == {"h/1": "housing/0", "b/1": "brexit/0"}

@@ -167,10 +167,21 @@ def _common_prefix(texts: list[str]) -> str:
 
 
 def display_texts(texts: np.ndarray) -> np.ndarray:
-    """The texts without the prefix and suffix they all share, cut at a newline, quote, colon or question
-    mark (never inside a sentence: shared first words stay), so that a Polis prompt shows its statement, not
-    'On "<topic>": do you agree ...'; unchanged for a single text."""
+    """The texts without the prefix and suffix they share, cut at a newline, quote, colon or question mark
+    (never inside a sentence: shared first words stay), so that a Polis prompt shows its statement, not
+    'On "<topic>": do you agree ...'. Multi-line texts are trimmed among those with the same first line
+    (the prompts of one Polis conversation, when several are pooled), the others among themselves; a
+    text alone in its set is unchanged."""
     texts = [str(t) for t in texts]
+    heads = pd.Series([t.split("\n", 1)[0] if "\n" in t else None for t in texts], dtype=object)
+    out = np.empty(len(texts), dtype=object)
+    for rows in heads.groupby(heads.fillna("\0"), sort=False).indices.values():
+        out[rows] = _trim([texts[i] for i in rows])
+    return out
+
+
+def _trim(texts: list[str]) -> np.ndarray:
+    """``display_texts`` of one set of texts."""
     if len(texts) < 2:
         return np.asarray(texts, dtype=object)
     boundary = '\n"“”:?'

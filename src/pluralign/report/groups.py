@@ -19,7 +19,10 @@ GROUP_COLUMN = "group_id"
 
 def read_groups(users: str | Path | Mapping[str, Any] | pd.Series, column: str = GROUP_COLUMN) -> pd.Series:
     """Group label per user id from a users CSV (``user_id`` + ``column``) or a mapping; empty labels are
-    dropped. ``group_id`` and ``group-id`` name the same column (Polis writes one, the reader the other)."""
+    dropped. ``group_id`` and ``group-id`` name the same column (Polis writes one, the reader the other).
+    With a ``conversation`` column (the users file of several Polis conversations) labels are
+    ``<conversation>/<group>``: Polis numbers its groups per conversation, so group 0 of one conversation
+    has nothing to do with group 0 of another."""
     if isinstance(users, Mapping | pd.Series):
         labels = pd.Series(
             {str(u): "" if g is None else str(g) for u, g in dict(users).items()}, dtype=object
@@ -45,6 +48,9 @@ def read_groups(users: str | Path | Mapping[str, Any] | pd.Series, column: str =
     if "user_id" not in frame.columns:
         raise DataError("no 'user_id' column", path=path, field="user_id")
     labels = frame.set_index(frame["user_id"].astype(str))[column].astype(str).str.strip()
+    if "conversation" in frame.columns and column != "conversation":
+        conversation = frame["conversation"].astype(str).str.strip().to_numpy()
+        labels = labels.where(labels == "", conversation + "/" + labels)
     if labels.index.duplicated().any():
         raise DataError(f"user '{labels.index[labels.index.duplicated()][0]}' appears twice", path=path)
     return labels[labels != ""].rename(column)
