@@ -172,6 +172,24 @@ def test_ridge_solver_matches_scikit_learn_for_many_users_at_once():
         assert float(grad.abs().max()) < 1e-6
 
 
+def test_ridge_solver_with_fewer_rows_than_features_matches_scikit_learn():
+    """Few-shot users (rows < features) take the Woodbury path; same optimum as scikit-learn's."""
+    gen = torch.Generator().manual_seed(1)
+    users, rows_per_user, dim = 4, 8, 40
+    n = users * rows_per_user
+    x = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    group = torch.arange(users).repeat_interleave(rows_per_user)
+    label = torch.rand(n, generator=gen, dtype=torch.float64) < 0.5
+    label[::rows_per_user] = ~label[1::rows_per_user]  # both classes for every user
+    oriented = torch.where(label[:, None], x, -x)
+    got = fit_ridge_logistic(oriented, group, users, ridge=2.0, prior=torch.zeros(dim))
+    for u in range(users):
+        rows = (group == u).numpy()
+        ref = LogisticRegression(C=1 / 2.0, fit_intercept=False, tol=1e-12, max_iter=10_000)
+        ref.fit(x[rows].numpy(), label[rows].numpy().astype(int))
+        np.testing.assert_allclose(got[u].numpy(), ref.coef_[0], atol=1e-6)
+
+
 # --- the estimator API -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fitted(free):
