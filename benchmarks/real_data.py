@@ -344,7 +344,27 @@ def table_rows(summary: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def markdown(results: dict, config: dict) -> str:
+def _md_table(rows: list[dict]) -> list[str]:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return [*lines, *("| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows), ""]
+
+
+def conversation_rows(results: dict, metric: str) -> list[dict]:
+    """One row per Polis conversation: each method's mean ``metric`` ("seen" or "unseen n=10") and K."""
+    rows = []
+    for name, res in results.items():
+        if not name.startswith("polis/"):
+            continue
+        row = {"conversation": name.removeprefix("polis/"), "K": res["k"]["k"]}
+        for method, stats in res["summary"].items():
+            value = stats["seen"] if metric == "seen" else stats["unseen"][metric.split("=")[1]]
+            row[method] = f"{value[0]:.4f}"
+        rows.append(row)
+    return rows
+
+
+def markdown(results: dict, config: dict, conversations: dict | None = None) -> str:
     lines = [
         f"Real-data leaderboard: `pluralign bench real-data` at {config['commit']}, seeds "
         f"{config['seeds']}, {config['threads']} torch thread(s). Mean ± standard deviation over seeds.",
@@ -356,11 +376,11 @@ def markdown(results: dict, config: dict) -> str:
         lines += [f"### {name}" + (f" (K = {k} by select-k)" if k else ""), ""]
         if "rows" in info:
             lines += [f"{info['rows']:,} comparisons.", ""]
-        rows = table_rows(res["summary"])
-        header = list(rows[0])
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
-        lines.append("")
+        lines += _md_table(table_rows(res["summary"]))
+    for metric in ("seen", "unseen n=10") if conversations else ():
+        rows = conversation_rows(conversations, metric)
+        if rows:
+            lines += [f"### each Polis conversation: {metric} (mean over seeds)", "", *_md_table(rows)]
     return "\n".join(lines)
 
 
@@ -493,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(
         args.out / "results.json", {"config": config, "results": results, "polis_conversations_mean": pooled}
     )
-    atomic_write_text(args.out / "leaderboard.md", markdown(shown, config))
+    atomic_write_text(args.out / "leaderboard.md", markdown(shown, config, results))
     plot(shown, args.out / "real_data.png")
     console.print(f"wrote {args.out}/results.json, leaderboard.md, real_data.png ({config['seconds']:.0f} s)")
     return 0

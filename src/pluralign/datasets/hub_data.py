@@ -102,6 +102,15 @@ class HubData:
         return PreferenceData.from_frame(self.parts[part], source=f"{self.name}:{part}")
 
 
+def with_row_counts(users: pd.DataFrame, parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """``users`` (a ``user_id`` column) with ``n_<part>`` columns: each user's rows
+    in each part."""
+    users = users.copy()
+    for name, part in parts.items():
+        users[f"n_{name}"] = users["user_id"].map(part["user_id"].value_counts()).fillna(0).astype(np.int64)
+    return users
+
+
 def write_hub(data: HubData, out: str | Path, *, format: str = "jsonl") -> dict[str, Path]:
     """Write ``data`` into the directory ``out`` (created); returns the paths written by kind."""
     if format not in FORMATS:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pluralign.datasets.hub_data import Card, HubData
+from pluralign.datasets.hub_data import Card, HubData, with_row_counts
 from pluralign.datasets.hub_files import (
     Source,
     fail,
@@ -168,8 +168,7 @@ def personalllm_pairs(
     users = pd.DataFrame({"user_id": user_ids})
     for k, name in enumerate(models):
         users[f"w_{name}"] = weights[:, k]
-    for split, part in parts.items():
-        users[f"n_{split}"] = users["user_id"].map(part["user_id"].value_counts()).fillna(0).astype(np.int64)
+    users = with_row_counts(users, parts)
     return HubData(
         name="personalllm",
         card=CARD,

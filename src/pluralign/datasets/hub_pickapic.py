@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pluralign.data.comparisons import PreferenceData
-from pluralign.datasets.hub_data import Card, HubData
+from pluralign.datasets.hub_data import Card, HubData, with_row_counts
 from pluralign.datasets.hub_files import PICKLE_SUFFIXES, Source, fail, read_table_file, require_columns
 from pluralign.encoders.precomputed import PrecomputedEncoder
 from pluralign.errors import DataError
@@ -130,9 +130,7 @@ def pickapic_pairs(source: Source) -> HubData:
             [np.char.add("prompt:", prompts.keys.astype(str)), np.char.add("image:", images.keys.astype(str))]
         )
         vectors = (keys, np.concatenate([prompts.vectors, images.vectors]))
-    users = pd.DataFrame({"user_id": pd.unique(rows["user_id"])})
-    for name, part in parts.items():
-        users[f"n_{name}"] = users["user_id"].map(part["user_id"].value_counts()).fillna(0).astype(np.int64)
+    users = with_row_counts(pd.DataFrame({"user_id": pd.unique(rows["user_id"])}), parts)
     return HubData(
         name="pickapic",
         card=CARD,

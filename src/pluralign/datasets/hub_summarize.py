@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pluralign.datasets.hub_data import Card, HubData
+from pluralign.datasets.hub_data import Card, HubData, with_row_counts
 from pluralign.datasets.hub_files import (
     Source,
     as_records,
@@ -310,7 +310,4 @@ def _relabel(part: pd.DataFrame, groups: dict[str, str], skipped: dict[str, int]
 
 def _user_table(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
     ids = pd.unique(pd.concat([p["user_id"] for p in parts.values()], ignore_index=True))
-    users = pd.DataFrame({"user_id": ids})
-    for name, part in parts.items():
-        users[f"n_{name}"] = users["user_id"].map(part["user_id"].value_counts()).fillna(0).astype(np.int64)
-    return users
+    return with_row_counts(pd.DataFrame({"user_id": ids}), parts)
