@@ -384,6 +384,19 @@ def markdown(results: dict, config: dict, conversations: dict | None = None) -> 
     return "\n".join(lines)
 
 
+def shown_results(payload: dict) -> dict[str, dict]:
+    """The tables shown: each dataset but the single conversations, plus their mean."""
+    shown = {n: r for n, r in payload["results"].items() if not n.startswith("polis/")}
+    if payload.get("polis_conversations_mean"):
+        shown["polis (mean of conversations)"] = payload["polis_conversations_mean"]
+    return shown
+
+
+def leaderboard_markdown(payload: dict) -> str:
+    """leaderboard.md (and docs/real_data.md's tables) from a results.json payload."""
+    return markdown(shown_results(payload), payload["config"], payload["results"])
+
+
 def plot(results: dict, path: Path) -> None:
     names = list(results)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
@@ -505,16 +518,13 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args)
         config["seconds"] = time.perf_counter() - start
     pooled = pool_conversations(results)
-    shown = {n: r for n, r in results.items() if not n.startswith("polis/")}
     if pooled:
-        shown["polis (mean of conversations)"] = pooled
         console.print(rows_table(table_rows(pooled["summary"]), title="polis: mean over conversations"))
+    payload = {"config": config, "results": results, "polis_conversations_mean": pooled}
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        args.out / "results.json", {"config": config, "results": results, "polis_conversations_mean": pooled}
-    )
-    atomic_write_text(args.out / "leaderboard.md", markdown(shown, config, results))
-    plot(shown, args.out / "real_data.png")
+    atomic_write_json(args.out / "results.json", payload)
+    atomic_write_text(args.out / "leaderboard.md", leaderboard_markdown(payload))
+    plot(shown_results(payload), args.out / "real_data.png")
     console.print(f"wrote {args.out}/results.json, leaderboard.md, real_data.png ({config['seconds']:.0f} s)")
     return 0
 

@@ -110,3 +110,33 @@ def test_leaderboard_end_to_end_at_toy_size(tmp_path):
     text = (both / "leaderboard.md").read_text()
     assert "| pal-b (K=2) |" in text and "### polis" in text
     assert (both / "real_data.png").stat().st_size > 0
+
+
+DOC = ROOT / "docs" / "real_data.md"
+
+
+def test_docs_tables_are_the_published_results():
+    """docs/real_data.md's tables are leaderboard_markdown() of docs/results/real_data.json, to the digit."""
+    payload = json.loads((ROOT / "docs" / "results" / "real_data.json").read_text())
+    text = DOC.read_text()
+    block = text.split("<!-- leaderboard -->\n", 1)[1].split("<!-- /leaderboard -->", 1)[0]
+    assert block.strip() == _module().leaderboard_markdown(payload).strip()
+    assert set(payload["results"]) >= {"polis", "persona", "synthetic"}
+    assert len([n for n in payload["results"] if n.startswith("polis/")]) == 7
+
+
+def test_docs_carry_the_polis_attribution():
+    from pluralign.datasets.polis_report import ATTRIBUTION, CASE_STUDIES
+
+    text = " ".join(DOC.read_text().replace(">", " ").split())
+    assert " ".join(ATTRIBUTION.split()) in text
+    for name in [
+        "15-per-hour-seattle",
+        "brexit-consensus",
+        "canadian-electoral-reform",
+        "football-concussions",
+        "scoop-hivemind.affordable-housing",
+        "scoop-hivemind.biodiversity",
+        "ssis.land-bank-farmland.2rumnecbeh.2021-08-01",
+    ]:
+        assert CASE_STUDIES[name] in text
