@@ -3,6 +3,7 @@
     with PluralignClient("http://127.0.0.1:8000", token=os.environ["PLURALIGN_TOKEN"]) as client:
         client.score("alice", "How do I ...?", ["response A", "response B"])["order"]
         client.feedback("alice", [{"prompt": "...", "chosen": "...", "rejected": "..."}])
+        client.get_reward(["How do I ...? response A"], ["How do I ...? "], user_id="alice")["rewards"]
 
 HTTP errors raise a ``RemoteError`` subclass carrying the server's status, error and detail.
 """
@@ -120,6 +121,31 @@ class PluralignClient:
         return self._request(
             "POST", "/v1/score", {"user_id": user_id, "prompt": prompt, "responses": list(responses)}
         )
+
+    def get_reward(
+        self,
+        query: Sequence[str],
+        prompts: Sequence[str] | None = None,
+        *,
+        user_id: str | None = None,
+        user_ids: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> dict[str, Any]:
+        """OpenRLHF's remote reward call: rewards of ``query`` (each its prompt followed by the response).
+
+        At most one of ``user_id`` (all queries), ``user_ids`` (one per query) and ``weights`` (a fixed
+        mixture of the K prototypes); none: the zero-shot weights. Returns {"rewards", "weights"}.
+        """
+        body: dict[str, Any] = {"query": list(query)}
+        if prompts is not None:
+            body["prompts"] = list(prompts)
+        if user_id is not None:
+            body["user_id"] = user_id
+        if user_ids is not None:
+            body["user_ids"] = list(user_ids)
+        if weights is not None:
+            body["weights"] = list(weights)
+        return self._request("POST", "/get_reward", body)
 
     def feedback(
         self, user_id: str, comparisons: Iterable[Mapping[str, str] | Sequence[str]]

@@ -331,12 +331,33 @@ class PALEstimator(BaseEstimator):
         return frame.loc[list(user_ids)]
 
     def reward(
-        self, user_ids: str | Sequence[str], prompts: str | Sequence[str], responses: Sequence[str]
+        self,
+        user_ids: str | Sequence[str] | None,
+        prompts: str | Sequence[str],
+        responses: Sequence[str],
+        *,
+        weights: Any = None,
     ) -> np.ndarray:
-        """Reward of each response for its user and prompt (a single user id or prompt is broadcast)."""
+        """Reward of each response for its user and prompt (a single user id or prompt is broadcast).
+
+        ``weights`` ([K], broadcast, or [n, K]) replaces the users' weights, ``user_ids`` being None: e.g.
+        prototype k's reward with the one-hot weights e_k, or any fixed mixture.
+        """
         self.check_fitted()
         responses = list(responses)
         n = len(responses)
+        if weights is not None:
+            if user_ids is not None:
+                raise DataError("pass user_ids or weights, not both")
+            fixed = torch.as_tensor(np.asarray(weights, dtype=np.float64)).float()
+            k = int(self.model_.n_prototypes)
+            if fixed.dim() == 1:
+                fixed = fixed[None].expand(n, -1)
+            if fixed.shape != (n, k) or not bool(torch.isfinite(fixed).all()):
+                raise DataError(f"weights must be {k} finite numbers (or one row of {k} per response)")
+            user_ids = [""] * n
+        elif user_ids is None:
+            raise DataError("pass user_ids (or weights)")
         user_ids = [user_ids] * n if isinstance(user_ids, str) else list(user_ids)
         prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
         if not len(user_ids) == len(prompts) == n:
@@ -358,8 +379,11 @@ class PALEstimator(BaseEstimator):
         with torch.no_grad():
             self.model_.eval()
             # softmax only the requested users' logits, as margins() does, not the whole user table
-            weights = self.model_.weights(self._logits_with_zero_shot()[torch.from_numpy(rows)])
-            rewards = self.model_.rewards(weights, torch.from_numpy(items), torch.from_numpy(contexts))
+            if weights is None:
+                rows_weights = self.model_.weights(self._logits_with_zero_shot()[torch.from_numpy(rows)])
+            else:
+                rows_weights = fixed.to(self.model_.user_logits.dtype)
+            rewards = self.model_.rewards(rows_weights, torch.from_numpy(items), torch.from_numpy(contexts))
         return rewards.double().numpy()
 
     def copy(self) -> PALEstimator:

@@ -7,6 +7,7 @@ Endpoints (JSON, under /v1; OpenAPI at /docs and /openapi.json):
     POST   /v1/next-question   the candidate pair the model is least sure about for the user
     GET    /v1/users/{id}      a user's weights, comparison count, timestamps
     DELETE /v1/users/{id}      erase a user's comparisons and weights                 (token)
+    POST   /get_reward         OpenRLHF's remote reward protocol (--remote_rm_url): rewards of prompt+response
     GET    /v1/health, /v1/model
 
 Layout: ``service.Service`` holds the model, the users' weights and the state database (concurrency is

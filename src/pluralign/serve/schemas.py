@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,6 +10,8 @@ from pluralign.data.questions import MAX_TEXT_CHARS  # longest prompt or respons
 
 #: most responses in one score request
 MAX_RESPONSES = 64
+#: most queries in one /get_reward request (an RL framework's batch of rollouts)
+MAX_QUERIES = 1024
 #: most comparisons in one feedback request
 MAX_COMPARISONS = 256
 #: most candidates in one next-question request
@@ -74,6 +76,55 @@ class ScoreResponse(BaseModel):
     rewards: list[float] = Field(description="Reward of each response, in request order.")
     order: list[int] = Field(description="Indices of the responses, best first (best-of-n ranking).")
     best: int = Field(description="Index of the highest-reward response.")
+
+
+# --- remote reward (OpenRLHF) -----------------------------------------------------------------------------
+class RewardRequest(_Body):
+    query: list[Annotated[str, Field(max_length=2 * MAX_TEXT_CHARS)]] = Field(
+        min_length=1,
+        max_length=MAX_QUERIES,
+        description=f"1 to {MAX_QUERIES} texts, each a prompt followed by its response (OpenRLHF: the "
+        "prompt and the generated response decoded together). The response is the query minus its prompt.",
+    )
+    prompts: list[Prompt] | None = Field(
+        default=None,
+        max_length=MAX_QUERIES,
+        description="The prompt of each query, which each query must start with. Omitted: every prompt is "
+        "empty and each query is the whole response.",
+    )
+    labels: list[Any] | None = Field(
+        default=None,
+        max_length=MAX_QUERIES,
+        description="OpenRLHF's labels (its --label_key column): ignored, unless the request's "
+        "users_from_labels=true makes them the user ids.",
+    )
+    user_id: UserId | None = Field(default=None, description="The one user all queries are scored for.")
+    user_ids: list[UserId] | None = Field(
+        default=None, max_length=MAX_QUERIES, description="The user of each query (one per query)."
+    )
+    weights: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None,
+        description="A fixed mixture of the K prototypes for all queries instead of a user (e.g. the "
+        "one-hot e_k: prototype k's reward).",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"query": ["ctx-0item-0", "ctx-0item-1"], "prompts": ["ctx-0", "ctx-0"], "user_id": "user-3"}
+            ]
+        },
+    )
+
+
+class RewardResponse(BaseModel):
+    rewards: list[float] = Field(description="Reward of each query's response, in request order.")
+    weights: list[Literal["fitted", "zero-shot", "fixed"]] = Field(
+        description="Per query: whose weights scored it ('fixed': the request's weights; otherwise "
+        + WEIGHTS_DESCRIPTION
+        + ")"
+    )
 
 
 # --- feedback ---------------------------------------------------------------------------------------------

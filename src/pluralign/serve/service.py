@@ -219,12 +219,13 @@ class Service:
         return out
 
     def rewards(self, weights: torch.Tensor, items: np.ndarray, contexts: np.ndarray) -> np.ndarray:
-        """Rewards of rows (item, context) for one user, as ``PALEstimator.reward`` computes them."""
+        """Rewards of rows (item, context) for one user (weights [K]) or one weight row each ([n, K]), as
+        ``PALEstimator.reward`` computes them."""
         n = len(items)
+        if weights.dim() == 1:
+            weights = weights[None].expand(n, -1)
         with torch.inference_mode():
-            out = self.model.rewards(
-                weights[None].expand(n, -1), torch.from_numpy(items), torch.from_numpy(contexts)
-            )
+            out = self.model.rewards(weights, torch.from_numpy(items), torch.from_numpy(contexts))
         return out.double().numpy()
 
     def _adapt(self, data: PreferenceData) -> pd.DataFrame:

@@ -1,12 +1,18 @@
 """A small PAL-B checkpoint with a precomputed encoder, for tests, the load benchmark and trying the service.
 
 Texts are the synthetic names ``item-<i>`` (responses) and ``ctx-<i>`` (prompts); no sentence-transformers
-model is needed.
+model is needed. ``serving(app)`` runs an app with uvicorn on a free loopback port for the time of a block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,3 +63,27 @@ def make_demo_model(
     )
     est.fit(train)
     return est.save(directory / "model")
+
+
+@contextlib.contextmanager
+def serving(app: Any, *, start_timeout: float = 10.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a daemon thread; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    try:
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(start_timeout)
+        sock.close()

@@ -1,8 +1,8 @@
 """The endpoints, one APIRouter per responsibility; ``create_app`` includes them all (``ROUTERS``)."""
 
-from pluralign.serve.routes import health, questions, scoring, users
+from pluralign.serve.routes import health, questions, remote_reward, scoring, users
 
 #: in the order of the OpenAPI spec
-ROUTERS = (scoring.router, users.router, questions.router, health.router)
+ROUTERS = (scoring.router, users.router, questions.router, remote_reward.router, health.router)
 
 __all__ = ["ROUTERS"]

@@ -10,6 +10,7 @@ from pluralign.serve.deps import ServiceDep, get_max_body_bytes
 from pluralign.serve.schemas import (
     MAX_CANDIDATES,
     MAX_COMPARISONS,
+    MAX_QUERIES,
     MAX_RESPONSES,
     MAX_TEXT_CHARS,
     MAX_USER_COMPARISONS,
@@ -45,6 +46,7 @@ async def model_info(
         limits={
             "max_body_bytes": max_body_bytes,
             "max_responses": MAX_RESPONSES,
+            "max_queries": MAX_QUERIES,
             "max_comparisons": MAX_COMPARISONS,
             "max_candidates": MAX_CANDIDATES,
             "max_text_chars": MAX_TEXT_CHARS,
