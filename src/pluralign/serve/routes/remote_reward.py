@@ -115,8 +115,13 @@ async def get_reward(
     prototype weights (OpenRLHF's remote reward model protocol)."""
     prompts, responses = split_queries(body)
     weights, kinds = user_weights(service, body, user_id, users_from_labels)
-    unique_prompts, codes = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
-    vectors = await service.vectors({"prompt": unique_prompts.tolist(), "responses": responses})
-    contexts = vectors["prompt"][codes.reshape(-1)]
-    rewards = service.rewards(weights, vectors["responses"], contexts)
+    if service.context_dim:
+        unique_prompts, codes = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
+        # the groups are named after the body's fields, for the 422 of a text the encoder cannot embed
+        vectors = await service.vectors({"prompts": unique_prompts.tolist(), "query": responses})
+        contexts = vectors["prompts"][codes.reshape(-1)]
+    else:  # a model trained without prompts: they carry no features
+        vectors = await service.vectors({"query": responses})
+        contexts = np.zeros((len(responses), 0), dtype=np.float32)
+    rewards = service.rewards(weights, vectors["query"], contexts)
     return RewardResponse(rewards=rewards.tolist(), weights=kinds)
