@@ -14,15 +14,17 @@ import re
 import shlex
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from pluralign.cli import app
-from pluralign.dpo.best_of_n import best_of_n, load_reward_model, open_policy
-from pluralign.dpo.generate import generate_texts
+from pluralign.dpo.best_of_n import best_of_n, load_reward_model, open_policy, policy_for_user
+from pluralign.dpo.generate import PolicyRun, generate_texts
 from pluralign.dpo.models import tiny_causal_lm, word_tokenizer
 from pluralign.errors import PluralignError
 from pluralign.estimator import PALB
@@ -156,6 +158,41 @@ def test_chat_policies_are_prompted_with_their_template(length_reward, tmp_path)
     assert texts_of(result) == [t.strip() for t in chat] != [t.strip() for t in raw]
 
 
+def test_em_dpo_runs_serve_a_known_users_type_and_mmra_otherwise(length_reward, policy_dir):
+    base = open_policy(policy_dir)
+    models = [base.model, tiny_causal_lm(len(base.tokenizer), seed=5)]
+    posteriors = pd.DataFrame([[0.9, 0.1], [0.2, 0.8]], index=["ana", "cleo"])
+
+    class TwoTypes:  # what select_policy reads from a loaded EM-DPO run
+        n_types = 2
+        mmra = SimpleNamespace(weights=np.array([0.0, 1.0]))
+
+        def __init__(self):
+            self.posteriors = posteriors
+
+        def policy(self, t):
+            return models[t]
+
+        def type_of(self, user):
+            return int(np.argmax(posteriors.loc[user].to_numpy()))
+
+    run = PolicyRun(base.folder, "em-dpo", False, base.tokenizer, em=TwoTypes())
+    assert policy_for_user(run, "ana")[1] == {
+        "source": "user",
+        "user": "ana",
+        "type": 0,
+        "posterior": [0.9, 0.1],
+    }
+    model, info = policy_for_user(run, "zed", seed=2)  # unknown to the policy run: the MMRA mixture
+    assert model is models[1] and info["source"] == "mmra" and info["type"] == 1
+    result = best_of_n(length_reward, run, PROMPT, "cleo", n=3, max_new_tokens=6)
+    assert result.policy["source"] == "user" and result.policy["type"] == 1
+    expected = generate_texts(
+        models[1], base.tokenizer, PROMPT, chat=False, n=3, max_new_tokens=6, do_sample=True
+    )
+    assert texts_of(result) == [t.strip() for t in expected]
+
+
 def test_bad_arguments_are_clear_errors(length_reward, policy_dir, reward_run, tmp_path):
     with pytest.raises(PluralignError, match="n must be an integer >= 1"):
         best_of_n(length_reward, policy_dir, PROMPT, "ana", n=0)
@@ -224,7 +261,8 @@ def test_the_docs_commands_run_on_a_tiny_policy(policy_dir, tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_best_of_8_with_smollm2_as_in_the_docs(reward_run):
+def test_best_of_8_with_smollm2_as_in_the_docs(reward_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PLURALIGN_CACHE", str(tmp_path / "cache"))  # the plain SmolLM2 copy goes there
     result = best_of_n(reward_run, "smollm2", PROMPT, "ana", n=8, max_new_tokens=48, temperature=0.7)
     texts = texts_of(result)
     assert len(set(texts)) == 8 and all(texts)
