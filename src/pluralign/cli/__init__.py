@@ -5,7 +5,7 @@ train     train, select-k                      data      synth, persona build, e
 use       eval, adapt, grow, score, ask        service   serve, score-remote
 explain   explain
 runs      demo, report, bench NAME             datasets  datasets polis
-dpo       dpo train, dpo generate
+dpo       dpo train, dpo generate, generate (best-of-n for a user)
 """
 
 from __future__ import annotations

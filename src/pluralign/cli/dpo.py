@@ -1,15 +1,28 @@
-"""`pluralign dpo ...`: train DPO / MixDPO / EM-DPO on a causal LM, and generate from what was trained."""
+"""`pluralign dpo ...`: train DPO / MixDPO / EM-DPO on a causal LM, and generate from what was trained;
+`pluralign generate`: best-of-n for one user (sample from a causal LM, rank by the user's reward)."""
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pluralign.cli.common import JsonOut, Verbose, app, command, console, emit, print_table, setup
+from pluralign.cli.common import (
+    JsonOut,
+    Verbose,
+    app,
+    command,
+    console,
+    emit,
+    err_console,
+    print_table,
+    setup,
+    show_progress,
+)
 
 __all__ = ["dpo_app"]
 
@@ -53,6 +66,11 @@ def _threads(n: int) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _status(message: str):
+    """A spinner on stderr while a step runs, only on a terminal."""
+    return err_console.status(message) if show_progress() else nullcontext()
 
 
 @dpo_app.command("train")
@@ -172,3 +190,56 @@ def dpo_generate(
         typer.echo(json.dumps(result, indent=2))
     else:
         emit([{"quantity": k, "value": v} for k, v in result.items()], False, title=f"generated from {run}")
+
+
+@app.command("generate")
+@command
+def best_of_n_generate(
+    run: Annotated[Path, typer.Argument(help="The reward model: a `pluralign train` run directory.")],
+    policy: Annotated[
+        str, typer.Option(help="'smollm2' (bundled), a `pluralign dpo train` run or a local HF model folder.")
+    ],
+    user: Annotated[str, typer.Option(help="Whose reward ranks the answers (unknown: zero-shot weights).")],
+    prompt: Annotated[
+        str, typer.Option(help="The prompt (chat-formatted for the policy if it has a template).")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Answers to sample.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: keep this much probability mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed: the same seed gives the same candidates.")] = 0,
+    threads: Threads = 0,
+    as_json: JsonOut = False,
+    verbose: Verbose = False,
+) -> None:
+    """Best-of-n for one user: sample N answers from a causal LM and keep the one their reward ranks first."""
+    setup(verbose)
+    _threads(threads)
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    from pluralign.dpo.best_of_n import best_of_n, load_reward_model, open_policy
+
+    est = load_reward_model(run)
+    with _status(f"sampling {n} answers from {policy}"):
+        result = best_of_n(
+            est,
+            open_policy(policy),
+            prompt,
+            user,
+            n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    order = sorted(range(len(result.candidates)), key=lambda i: -result.candidates[i][1])
+    rows = [
+        {"rank": r + 1, "candidate": i, "reward": result.candidates[i][1], "answer": result.candidates[i][0]}
+        for r, i in enumerate(order)
+    ]
+    weights = "known" if result.known_user else "unknown: zero-shot weights"
+    print_table(rows, title=f"best of {n} for user {user!r} ({weights}) from {policy}")
+    console.print(f"best: {result.best}", highlight=False, soft_wrap=True)

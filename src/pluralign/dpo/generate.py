@@ -24,7 +24,7 @@ import torch
 from pluralign.errors import PluralignError
 from pluralign.models.base import seeded_rng
 
-__all__ = ["PolicyRun", "generate", "generate_text", "load_run", "select_policy"]
+__all__ = ["PolicyRun", "generate", "generate_text", "generate_texts", "load_run", "select_policy"]
 
 
 @dataclass
@@ -99,7 +99,6 @@ def select_policy(
     return em.policy(t), info
 
 
-@torch.no_grad()
 def generate_text(
     model: Any,
     tokenizer: Any,
@@ -113,16 +112,59 @@ def generate_text(
     seed: int = 0,
 ) -> str:
     """The model's answer to ``prompt`` (new tokens only, special tokens dropped)."""
+    return generate_texts(
+        model,
+        tokenizer,
+        prompt,
+        chat=chat,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )[0]
+
+
+@torch.no_grad()
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    *,
+    chat: bool,
+    n: int = 1,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
+    """``n`` answers to ``prompt`` from one batched ``generate`` call (``num_return_sequences=n``).
+
+    New tokens only, special tokens dropped. Sampling draws from torch's generator seeded by ``seed`` inside
+    the call (:func:`~pluralign.models.base.seeded_rng`): the same seed gives the same answers, and the
+    caller's random stream is untouched. ``n`` > 1 needs ``do_sample`` (greedy answers would all be equal).
+    """
     from pluralign.dpo.formatting import prompt_token_ids
 
     if not prompt.strip():
         raise PluralignError("the prompt is empty")
     if max_new_tokens < 1:
         raise PluralignError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if n < 1:
+        raise PluralignError(f"n must be >= 1, got {n}")
+    if n > 1 and not do_sample:
+        raise PluralignError(f"n = {n} answers need sampling (do_sample): greedy ones would all be equal")
+    if do_sample and not temperature > 0:
+        raise PluralignError(f"temperature must be > 0, got {temperature}")
+    if do_sample and not 0 < top_p <= 1:
+        raise PluralignError(f"top_p must be in (0, 1], got {top_p}")
     ids = torch.tensor([prompt_token_ids(tokenizer, [prompt], chat)[0]], device=model.device)
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
     if do_sample:
         settings.update(temperature=temperature, top_p=top_p)
+    if n > 1:
+        settings["num_return_sequences"] = n
     was_training = model.training
     model.eval()
     try:
@@ -135,7 +177,7 @@ def generate_text(
             )
     finally:
         model.train(was_training)
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
 
 
 def generate(
