@@ -9,11 +9,16 @@ from rich.table import Table
 
 
 def format_cell(value: Any) -> str:
-    """None as '-', floats with 4 decimals (thousands separators past 1,000), the rest as str."""
+    """None as '-'; floats up to 1 in size with 4 decimals (accuracies, weights: 0.8100, 1.0000), larger ones
+    with at most 4 and no trailing zeros (69.8 epochs, 147.36 s), thousands separators past 1,000; the rest
+    as str."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        text = f"{value:.4f}"
+        return text if abs(value) <= 1 else text.rstrip("0").rstrip(".")
     return str(value)
 
 
