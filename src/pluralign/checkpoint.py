@@ -85,6 +85,13 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def model_directory(path: str | Path) -> Path:
+    """The model checkpoint of ``path``: its ``model/`` folder when it has one (a `pluralign train` run
+    directory), else ``path`` itself."""
+    path = Path(path)
+    return path / "model" if (path / "model").is_dir() else path
+
+
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
     """Read and verify a checkpoint; any problem raises CheckpointError naming the file."""
     directory = Path(directory)

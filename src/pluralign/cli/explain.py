@@ -71,8 +71,7 @@ def explain(
     from pluralign.estimator import PALEstimator
     from pluralign.report.explain import default_users_file, explain, read_groups
 
-    model_dir = run / "model" if (run / "model").is_dir() else run
-    est = PALEstimator.load(model_dir)
+    est = PALEstimator.load(run)
     overrides = {"encoder": encoder, "cache_dir": cache}
     est.set_params(**{k: v for k, v in overrides.items() if v is not None})
     if users is None and (found := default_users_file(data)) is not None:

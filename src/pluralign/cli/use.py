@@ -26,8 +26,7 @@ from pluralign.errors import PluralignError
 def _load(run: Path, encoder: str | None = None):
     from pluralign.estimator import PALEstimator
 
-    model_dir = run / "model" if (run / "model").is_dir() else run
-    est = PALEstimator.load(model_dir)
+    est = PALEstimator.load(run)
     if encoder is not None:
         est.encoder = encoder
     return est

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pluralign.checkpoint import model_directory
 from pluralign.dpo.generate import PolicyRun, generate_texts, load_run, select_policy
 from pluralign.errors import PluralignError
 
@@ -68,10 +69,9 @@ def load_reward_model(run: str | Path) -> PALEstimator:
     run = Path(run)
     if not run.is_dir():
         raise PluralignError(f"{run}: no such run directory (the reward model: a `pluralign train` --out)")
-    model_dir = run / "model" if (run / "model").is_dir() else run
-    if not (model_dir / "config.json").is_file():
+    if not (model_directory(run) / "config.json").is_file():
         raise PluralignError(f"{run}: not a reward-model run (no model/config.json from `pluralign train`)")
-    return PALEstimator.load(model_dir)
+    return PALEstimator.load(run)
 
 
 def open_policy(policy: str | Path | PolicyRun) -> PolicyRun:

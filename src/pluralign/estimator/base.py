@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 
-from pluralign.checkpoint import load_checkpoint, save_checkpoint
+from pluralign.checkpoint import load_checkpoint, model_directory, save_checkpoint
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.readers import read_preferences
 from pluralign.encoders import EmbeddingCache, Encoder, embed_data, embed_texts, open_cache
@@ -536,7 +536,9 @@ class PALEstimator(BaseEstimator):
 
     @classmethod
     def load(cls, directory: str | Path) -> PALEstimator:
-        """Load a checkpoint written by ``save``; ``PALEstimator.load`` picks the right class."""
+        """Load a checkpoint written by ``save`` (or the ``model/`` of a run directory holding one);
+        ``PALEstimator.load`` picks the right class."""
+        directory = model_directory(directory)
         config, tensors, users = load_checkpoint(directory)
         target = ESTIMATORS.get(config.get("estimator", ""))
         if target is None:

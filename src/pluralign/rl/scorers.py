@@ -49,10 +49,7 @@ class LocalScorer:
         if isinstance(estimator, str | Path):
             from pluralign.estimator import PALEstimator
 
-            directory = Path(estimator)
-            if (directory / "model").is_dir():
-                directory = directory / "model"
-            estimator = PALEstimator.load(directory)
+            estimator = PALEstimator.load(estimator)
         return cls(estimator)
 
     def score(

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pluralign.checkpoint import model_directory
 from pluralign.data.comparisons import PreferenceData
 from pluralign.data.questions import Question, read_questions
 from pluralign.errors import PluralignError
@@ -82,10 +83,7 @@ class Service:
         self.token = token
         self.read_only = read_only
         self.started = time.time()
-        model_dir = Path(model_dir)
-        if (model_dir / "model").is_dir():
-            model_dir = model_dir / "model"
-        self.model_dir = model_dir
+        self.model_dir = model_dir = model_directory(model_dir)
         est = PALEstimator.load(model_dir)
         if encoder is not None:
             est.encoder = encoder
