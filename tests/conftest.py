@@ -1,5 +1,7 @@
 import os
+import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,3 +27,17 @@ def small():
         n_unseen_users=6,
         n_unseen_per_user=30,
     )
+
+
+class HashEncoder:
+    """Any text -> the sum of its words' seeded random vectors (8-d): for completions a tiny LM invents."""
+
+    id = "hash-words-8"
+    dim = 8
+
+    def encode(self, texts, *, batch_size=64, show_progress=False):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.split():
+                out[i] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
+        return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import zlib
 from pathlib import Path
 
 import httpx
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import HashEncoder
 from pluralign.data.readers import read_preferences
 from pluralign.encoders.precomputed import save_vectors
 from pluralign.errors import PluralignError
@@ -306,20 +306,6 @@ def test_get_reward_in_openapi_and_limits(http):
 
 
 # --- TRL ------------------------------------------------------------------------------------------------
-class HashEncoder:
-    """Any text -> the sum of its words' seeded random vectors (8-d): for completions a tiny LM invents."""
-
-    id = "hash-words-8"
-    dim = 8
-
-    def encode(self, texts, *, batch_size=64, show_progress=False):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for word in text.split():
-                out[i] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
-        return out
-
-
 WORDS = ["red", "green", "blue", "apple", "sky", "sun", "tree", "water", "question", ":", "0", "1", "2"]
 
 

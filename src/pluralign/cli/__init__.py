@@ -6,6 +6,7 @@ use       eval, adapt, grow, score, ask        service   serve, score-remote
 explain   explain
 runs      demo, report, bench NAME             datasets  datasets polis
 dpo       dpo train, dpo generate, generate (best-of-n for a user)
+rl        rl train, rl generate (one policy per prototype)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pluralign.cli import service as service_commands  # noqa: F401  # isort: sk
 from pluralign.cli import runs as run_commands  # noqa: F401  # isort: skip
 from pluralign.cli import datasets as dataset_commands  # noqa: F401  # isort: skip
 from pluralign.cli import dpo as dpo_commands  # noqa: F401  # isort: skip
+from pluralign.cli import rl as rl_commands  # noqa: F401  # isort: skip
 from pluralign.cli.common import app
 
 __all__ = ["app", "main"]

@@ -115,6 +115,19 @@ def emit(rows: list[dict[str, Any]], as_json: bool, title: str | None = None) ->
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details to stderr.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Threads = Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")]
+
+
+def set_threads(n: int) -> None:
+    """``--threads``: torch's CPU threads for this process (0 leaves torch's default)."""
+    if n < 0:
+        raise ValueError(f"--threads must be >= 0, got {n}")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 EncoderOpt = Annotated[
     str | None,
     typer.Option(

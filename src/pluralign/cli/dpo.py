@@ -13,6 +13,7 @@ import typer
 
 from pluralign.cli.common import (
     JsonOut,
+    Threads,
     Verbose,
     app,
     command,
@@ -20,6 +21,7 @@ from pluralign.cli.common import (
     emit,
     err_console,
     print_table,
+    set_threads,
     setup,
     show_progress,
 )
@@ -54,18 +56,6 @@ class EMInit(StrEnum):
 class MMRAValues(StrEnum):
     normalized = "normalized"
     raw = "raw"
-
-
-Threads = Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")]
-
-
-def _threads(n: int) -> None:
-    if n < 0:
-        raise ValueError(f"--threads must be >= 0, got {n}")
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
 
 
 def _status(message: str):
@@ -113,7 +103,7 @@ def dpo_train(
 ) -> None:
     """Align a causal LM on heterogeneous preference data with DPO, MixDPO or EM-DPO."""
     setup(verbose)
-    _threads(threads)
+    set_threads(threads)
     from pluralign.dpo.run import DPORunConfig, train_dpo_family
 
     config = DPORunConfig(
@@ -173,7 +163,7 @@ def dpo_generate(
 ) -> None:
     """Generate from a DPO/MixDPO policy, an EM-DPO type, a known user's type, or MMRA for an unknown user."""
     setup(verbose)
-    _threads(threads)
+    set_threads(threads)
     from pluralign.dpo.generate import generate
 
     result = generate(
@@ -214,7 +204,7 @@ def best_of_n_generate(
 ) -> None:
     """Best-of-n for one user: sample N answers from a causal LM and keep the one their reward ranks first."""
     setup(verbose)
-    _threads(threads)
+    set_threads(threads)
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     from pluralign.dpo.best_of_n import best_of_n, load_reward_model, open_policy

@@ -76,6 +76,7 @@ def write_model_card(
     learned: dict[str, Any],
     chat_template: bool,
     datasets: list[str] | None = None,
+    tags: tuple[str, ...] = ("trl", "dpo"),
 ) -> Path:
     """``README.md`` with Hugging Face model-card metadata and what was trained, how, and how to load it."""
     folder = Path(folder)
@@ -83,7 +84,7 @@ def write_model_card(
     if base_model:
         front.append(f"base_model: {json.dumps(base_model)}")
     front.append(f"library_name: {'peft' if adapter else 'transformers'}")
-    front += ["tags:", "- pluralign", f"- {method}", "- trl", "- dpo"]
+    front += ["tags:", "- pluralign", f"- {method}", *[f"- {t}" for t in tags]]
     if datasets:
         front += ["datasets:", *[f"- {json.dumps(d)}" for d in datasets]]
     front.append("---")

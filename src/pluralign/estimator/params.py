@@ -322,3 +322,21 @@ def make_init(params: Sequence[Param]) -> Callable[..., None]:
 
 def by_name(params: Sequence[Param]) -> dict[str, Param]:
     return {p.name: p for p in params}
+
+
+def dataclass_params(cls: type, group: str) -> tuple[Param, ...]:
+    """The fields of a config dataclass as :class:`Param` rows, for commands whose options come from a
+    config rather than an estimator (``pluralign rl train``): each field's ``metadata["help"]`` is its help
+    text, ``metadata["cli"] = False`` keeps it off the command line. The dataclass stays the one source."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text (field metadata 'help')")
+        rows.append(
+            Param(f.name, f.default, hints[f.name], f.metadata["help"], group, f.metadata.get("cli", True))
+        )
+    return tuple(rows)
