@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints/lowest.txt | 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-select-k bench-defaults bench-real clean test-lowest test-latest
+.PHONY: venv demo demo-synthetic test test-fast lint format bench bench-synthetic bench-few-shot bench-train-speed bench-persona bench-persona-sweeps bench-serve-load bench-active-onboarding bench-grow bench-limits bench-pal-large bench-dpo-heterogeneous bench-personal-policy bench-select-k bench-defaults bench-real clean test-lowest test-latest
 
 $(STAMP): pyproject.toml constraints/lowest.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,9 @@ bench-limits: venv  ## memory per million comparisons, in RAM vs memory-mapped a
 bench-pal-large: venv  ## PAL-B Tiny vs Large (encoder fine-tuned), logistic vs cumulative loss, Persona subsets (~4 min)
 	$(BIN)/pluralign bench pal-large --out runs/bench/pal_large
 
+bench-personal-policy: venv  ## rewards -> policies on SmolLM2: best-of-n, GRPO pooled vs per prototype, DPO family, MMRA (~25 min, 1 thread)
+	$(BIN)/pluralign bench personal-policy --out runs/bench/personal_policy
+
 bench-dpo-heterogeneous: venv  ## DPO vs MixDPO vs EM-DPO + MMRA on planted user types, SmolLM2-135M (~10 min on 1 thread)
 	$(BIN)/pluralign bench dpo-heterogeneous --out runs/bench/dpo_heterogeneous
 
@@ -87,7 +90,7 @@ bench-defaults: venv  ## issue 14: the library's default training vs a tuning gr
 
 # The DPO family at both ends of its version ranges, each in its own venv outside git (see constraints/lowest.txt).
 DPO_STACK := trl transformers peft accelerate datasets gguf
-DPO_TESTS := tests/test_dpo_*.py tests/test_mmra.py
+DPO_TESTS := tests/test_dpo_*.py tests/test_mmra.py tests/test_rl_*.py tests/test_best_of_n.py
 
 define dpo_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)

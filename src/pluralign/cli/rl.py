@@ -28,6 +28,16 @@ from pluralign.rl.policies import PrototypePolicyConfig
 
 __all__ = ["rl_app"]
 
+
+def _hf_progress() -> None:
+    """Hugging Face's own bars (weights loading, dataset maps) only on a terminal, like ours."""
+    if not show_progress():
+        import datasets
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+
 rl_app = typer.Typer(
     help="Personalized policies: one LoRA policy per prototype of a reward model (GRPO), MMRA for new users.",
     no_args_is_help=True,
@@ -68,6 +78,7 @@ def rl_train(
     """Train one LoRA policy per prototype of RUN's reward model with GRPO on PROMPTS."""
     setup(verbose)
     set_threads(threads)
+    _hf_progress()
     from pluralign.data.prompts import read_prompts
     from pluralign.rl.policies import PrototypePolicies
 
@@ -144,6 +155,7 @@ def rl_generate(
     """Generate for a user from their prototype's policy (or the MMRA mixture for an unknown user)."""
     setup(verbose)
     set_threads(threads)
+    _hf_progress()
     from pluralign.rl.policies import PrototypePolicies
 
     parsed = None

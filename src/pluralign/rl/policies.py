@@ -258,6 +258,7 @@ class PrototypePolicies:
         from pluralign.dpo.formatting import trl_prompt
 
         config = self.config
+        use_cache = model.config.use_cache  # GRPO turns the KV cache off for training; generation wants it
         model.set_adapter(_adapter(k))  # only this adapter trains (the others are frozen)
         dataset = Dataset.from_dict(
             {"prompt": [trl_prompt(p, chat) for p in prompts], "reward_prompt": prompts}
@@ -291,9 +292,14 @@ class PrototypePolicies:
                     train_dataset=dataset,
                     processing_class=tokenizer,
                 )
+                if not progress:  # HF's Trainer would print every log dict to stdout (ours is for results)
+                    from transformers.trainer_callback import PrinterCallback
+
+                    trainer.remove_callback(PrinterCallback)
                 start = time.perf_counter()
                 trainer.train()
                 seconds = time.perf_counter() - start
+        model.config.use_cache = use_cache
         logs = [
             {key: float(v) for key, v in row.items() if isinstance(v, int | float)}
             for row in trainer.state.log_history
