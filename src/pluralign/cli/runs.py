@@ -79,7 +79,7 @@ BENCHMARKS = {
     "active-onboarding": "New users: answers needed to reach seen-user accuracy, active vs random questions.",
     "select-k": "Choosing K: how often select-k picks K* over seeds (synthetic, Persona) vs argmax accuracy.",
     "dpo-heterogeneous": "DPO vs MixDPO vs EM-DPO (+ MMRA) on planted user types, SmolLM2-135M.",
-    "personal-policy": "Rewards to policies (SmolLM2): best-of-n, GRPO pooled vs per prototype, DPO family, MMRA.",
+    "personal-policy": "Rewards to policies (SmolLM2): best-of-n, GRPO pooled vs per prototype, DPO, MMRA.",
     "defaults": "Default training settings vs a batch x lr grid, 12 rows to 4M, on 1 and 2 threads.",
     "real-data": "Leaderboard on real votes (Polis), Persona and synthetic data: every method, seen/unseen.",
 }
