@@ -66,7 +66,12 @@ TOPICS = [
     "public speaking",
     "starting to meditate",
 ]
-TEMPLATES = ["Any advice on {}?", "What should I know about {}?", "How do I get started with {}?"]
+# asking for brevity makes the base model end its answers (EOS) at varied lengths within --max-tokens
+TEMPLATES = [
+    "In a sentence or two: any advice on {}?",
+    "Briefly, what should I know about {}?",
+    "In a few words: how do I get started with {}?",
+]
 TYPES = ("long", "short")
 
 
@@ -365,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minority", type=float, default=0.3, help="share of 'short' users")
     parser.add_argument("--pairs", type=int, default=24, help="labelled pairs per user")
     parser.add_argument("--noise", type=float, default=0.1, help="label noise")
-    parser.add_argument("--train-prompts", type=int, default=16)
-    parser.add_argument("--test-prompts", type=int, default=8)
+    parser.add_argument("--train-prompts", type=int, default=12)
+    parser.add_argument("--test-prompts", type=int, default=6)
     parser.add_argument("--candidates", type=int, default=8, help="base answers per prompt (best-of-n's n)")
-    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12, help="GRPO steps per policy (DPO/MixDPO: the same)")
     parser.add_argument("--prompts-per-step", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
