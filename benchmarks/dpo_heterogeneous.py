@@ -38,6 +38,7 @@ import argparse
 import copy
 import gc
 import itertools
+import json
 import logging
 import os
 import statistics
@@ -459,13 +460,22 @@ def run(settings: argparse.Namespace, console: Console) -> dict[str, Any]:
     for seed in seeds:
         console.print(f"[bold]seed {seed}[/]")
         per_seed.append(run_seed(settings, console, seed, base, tokenizer))
-    results = per_seed[0]
-    if len(seeds) > 1:
-        results["seeds"] = seeds
+        # each finished seed is kept at once: a long run stopped later loses only the seed in progress
+        atomic_write_json(settings.out / f"seed_{seed}.json", per_seed[-1])
+    return combine(per_seed, settings.out)
+
+
+def combine(per_seed: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """results.json (the first seed's full results; for several seeds, the per-seed records and their mean
+    and spread) and the plot, from one record per seed (``--combine`` merges runs of single seeds)."""
+    results = dict(per_seed[0])
+    if len(per_seed) > 1:
+        results["seeds"] = [int(r["settings"]["seed"]) for r in per_seed]
         results["per_seed"] = [{"methods": r["methods"], "regret": r["regret"]} for r in per_seed]
         results["across_seeds"] = summarize(per_seed)
-    atomic_write_json(settings.out / "results.json", results)
-    plot(results, list(results["kinds"]), settings.out / "dpo_heterogeneous.png")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    plot(results, list(results["kinds"]), out / "dpo_heterogeneous.png")
     return results
 
 
@@ -754,6 +764,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-rounds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/dpo_heterogeneous"))
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        metavar="SEED_JSON",
+        help="merge seed_<s>.json files of earlier runs (one seed each) into --out, without training",
+    )
     settings = parser.parse_args(argv)
     if settings.noise is None:
         settings.noise = 0.1 if settings.task == "hard" else 0.0
@@ -769,7 +786,24 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     console = Console()
-    results = run(settings, console)
+    if settings.combine:
+        records = [json.loads(Path(f).read_text()) for f in settings.combine]
+        if (
+            len(
+                {
+                    json.dumps(
+                        {k: v for k, v in r["settings"].items() if k not in ("seed", "seeds", "out")},
+                        sort_keys=True,
+                    )
+                    for r in records
+                }
+            )
+            > 1
+        ):
+            parser.error("--combine: the runs differ in settings other than the seed")
+        results = combine(records, settings.out)
+    else:
+        results = run(settings, console)
     print_tables(results, list(results["kinds"]), console)
     console.print(f"wrote {settings.out / 'results.json'} and {settings.out / 'dpo_heterogeneous.png'}")
     return 0

@@ -76,3 +76,10 @@ def test_hard_benchmark_runs_over_seeds(tmp_path):
         values = [r["methods"][names.index(name)]["macro_accuracy"] for r in results["per_seed"]]
         assert mean == pytest.approx(sum(values) / 2) and std >= 0
     assert set(across["regret"]) == set(results["regret"])
+    # every seed is kept as it finishes, and --combine rebuilds the same summary from those files
+    seeds = [tmp_path / "seed_0.json", tmp_path / "seed_1.json"]
+    assert all(path.is_file() for path in seeds)
+    assert bench.main(["--combine", *map(str, seeds), "--out", str(tmp_path / "combined")]) == 0
+    combined = json.loads((tmp_path / "combined" / "results.json").read_text())
+    assert combined["across_seeds"] == across and combined["seeds"] == [0, 1]
+    assert (tmp_path / "combined" / "dpo_heterogeneous.png").is_file()
