@@ -383,3 +383,11 @@ def test_grpo_moves_each_policy_towards_its_prototype(reward, base_dir):
     assert length[0] < base < length[1]
     assert policies.values_[0, 0] > policies.values_[0, 1] and policies.values_[1, 1] > policies.values_[1, 0]
     assert policies.mmra_.weights.min() > 0.2  # each prototype's best policy is the other's worst
+
+
+def test_reward_models_without_prototype_weights_are_refused(base_dir):
+    from pluralign.estimator import MatrixFactorization
+
+    mf = MatrixFactorization(n_prototypes=2, encoder=LengthEncoder(), seed=0).fit(EXAMPLES)
+    with pytest.raises(PluralignError, match="not weights over prototypes"):
+        PrototypePolicies(mf, str(base_dir), tiny_config()).fit(PROMPTS)

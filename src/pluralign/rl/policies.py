@@ -198,7 +198,7 @@ class PrototypePolicies:
     ) -> PrototypePolicies:
         """Train prototype k's adapter with GRPO on ``prompts`` for every k, then measure the MMRA values on
         ``eval_prompts`` (default: the training prompts). ``model``/``tokenizer``: a base already loaded
-        (else ``policy`` is loaded)."""
+        (else ``policy`` is loaded); it gets the adapters in place and becomes ``model_``'s base."""
         from peft import LoraConfig, get_peft_model
 
         from pluralign.dpo.formatting import use_chat_template
@@ -207,6 +207,12 @@ class PrototypePolicies:
         prompts = _check_prompts(prompts, "prompts")
         eval_prompts = prompts if eval_prompts is None else _check_prompts(eval_prompts, "eval_prompts")
         est = self._reward_model()
+        weights = est.user_weights().to_numpy()
+        if (weights < -1e-6).any() or not np.allclose(weights.sum(axis=1), 1.0, atol=1e-4):
+            raise PluralignError(
+                f"{type(est).__name__}'s user vectors are not weights over prototypes (PAL-A/PAL-B/LoRe/BTL "
+                "have them; MatrixFactorization and PerUser do not): no prototype policies to route to"
+            )
         config = self.config
         if (model is None) != (tokenizer is None):
             raise PluralignError("pass both model and tokenizer, or neither")
