@@ -38,6 +38,7 @@ def _hf_progress() -> None:
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
 
+
 rl_app = typer.Typer(
     help="Personalized policies: one LoRA policy per prototype of a reward model (GRPO), MMRA for new users.",
     no_args_is_help=True,
