@@ -204,6 +204,10 @@ def run(settings: argparse.Namespace, *, lm: Any = None, encoder: Any = None) ->
         rows.append(
             {"method": method, **{f"win {k}": per_type[k] for k in TYPES}, "steps": steps, "s/step": step_s}
         )
+        if settings.partial is not None:  # what is done so far survives a stopped run
+            atomic_write_json(
+                settings.partial, {"rows": rows, "reward_accuracy": reward_acc, "seconds": timings}
+            )
 
     add("base model", {k: win_rate(base_test, base_test, k) for k in TYPES})
     # --- best-of-n -------------------------------------------------------------------------------------
@@ -275,7 +279,11 @@ def run(settings: argparse.Namespace, *, lm: Any = None, encoder: Any = None) ->
     if settings.dpo:
         with tempfile.TemporaryDirectory(prefix="personal-policy-") as scratch:
             data = Path(scratch) / "pairs.jsonl"
-            data.write_text("".join(json.dumps(r) + "\n" for r in pairs.to_dict("records")))
+            # the pairs the step budget can use (steps x batch), a seeded subset: TRL precomputes reference
+            # log-probs of every training pair, and all 720 would cost ~10 min per method on one core
+            budget = settings.steps * settings.prompts_per_step * settings.generations
+            subset = pairs.sample(n=min(budget, len(pairs)), random_state=settings.seed)
+            data.write_text("".join(json.dumps(r) + "\n" for r in subset.to_dict("records")))
             for method in ("dpo", "mixdpo-lognormal", "em-dpo"):
                 run_config = DPORunConfig(
                     method=method,
@@ -386,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/personal_policy"))
     settings = parser.parse_args(argv)
     settings.dpo_model = "smollm2"
+    settings.partial = settings.out / "partial.json"
+    settings.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     result = run(settings)

@@ -350,6 +350,7 @@ def test_benchmark_runs_end_to_end_at_toy_size(tmp_path):
         users=6, minority=0.34, pairs=6, noise=0.1, train_prompts=4, test_prompts=2, candidates=4,
         max_tokens=6, steps=2, prompts_per_step=2, generations=2, lr=1e-3, dpo_lr=1e-4, eval_samples=2,
         value_prompts=2, dpo=False, seed=0, dpo_model=str(tmp_path / "base"),
+        partial=tmp_path / "partial.json",
     )  # fmt: skip
     result = bench.run(settings, lm=lambda: load_causal_lm(str(tmp_path / "base")), encoder=HashEncoder())
     methods = [r["method"] for r in result["rows"]]
@@ -358,6 +359,7 @@ def test_benchmark_runs_end_to_end_at_toy_size(tmp_path):
     assert all(0 <= r[f"win {k}"] <= 1 for r in result["rows"] for k in ("long", "short"))
     assert set(result["mmra"]["worst_type_regret"]) == {"MMRA over prototype policies", "pooled GRPO policy"}
     assert result["pairs"] == 6 * 6
+    assert json.loads((tmp_path / "partial.json").read_text())["rows"] == result["rows"]
 
 
 def test_grpo_moves_each_policy_towards_its_prototype(reward, base_dir):
