@@ -393,3 +393,10 @@ def test_reward_models_without_prototype_weights_are_refused(base_dir):
     mf = MatrixFactorization(n_prototypes=2, encoder=LengthEncoder(), seed=0).fit(EXAMPLES)
     with pytest.raises(PluralignError, match="not weights over prototypes"):
         PrototypePolicies(mf, str(base_dir), tiny_config()).fit(PROMPTS)
+
+
+def test_fewer_prompts_than_a_step_takes_still_train_every_step(reward, base_dir):
+    """3 prompts, 4 per step: TRL's sampler would yield no batch (0 steps, silently); a step takes all 3."""
+    policies = PrototypePolicies(reward, str(base_dir), tiny_config(prompts_per_step=4)).fit(PROMPTS)
+    assert [h["steps"] for h in policies.history_] == [2, 2]
+    assert [h["prompts_per_step"] for h in policies.history_] == [3, 3]

@@ -31,6 +31,10 @@ __all__ = ["rl_app"]
 
 def _hf_progress() -> None:
     """Hugging Face's own bars (weights loading, dataset maps) only on a terminal, like ours."""
+    import warnings
+
+    # deprecation notices transformers raises inside TRL's calls: nothing a user of this command can act on
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     if not show_progress():
         import datasets
         import transformers

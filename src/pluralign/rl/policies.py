@@ -269,10 +269,12 @@ class PrototypePolicies:
         dataset = Dataset.from_dict(
             {"prompt": [trl_prompt(p, chat) for p in prompts], "reward_prompt": prompts}
         )
+        # a batch needs prompts_per_step distinct prompts: with fewer, TRL's sampler yields no batch at all
+        per_step = min(config.prompts_per_step, len(prompts))
         with tempfile.TemporaryDirectory(prefix="pluralign-grpo-") as scratch:
             args = GRPOConfig(
                 output_dir=scratch,
-                per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+                per_device_train_batch_size=per_step * config.num_generations,
                 num_generations=config.num_generations,
                 max_completion_length=config.max_completion_length,
                 temperature=config.temperature,
@@ -312,9 +314,12 @@ class PrototypePolicies:
             if "loss" in row or "reward" in row
         ]
         steps = int(trainer.state.global_step)
+        if steps < config.max_steps:
+            raise PluralignError(f"prototype {k}: GRPO ran {steps} of {config.max_steps} steps")
         return {
             "prototype": k,
             "steps": steps,
+            "prompts_per_step": per_step,
             "seconds": seconds,
             "seconds_per_step": seconds / max(steps, 1),
             "log": logs,
