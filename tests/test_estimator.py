@@ -282,3 +282,19 @@ def test_text_end_to_end_with_the_default_encoder(tmp_path):
         loaded.reward(["u0", "u1"], "question 0", ["Sure.", "Sure."]), rewards, rtol=1e-6
     )
     assert any((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_saved_model_files_get_the_umask_mode(tmp_path):
+    """model.safetensors used to be 0600 (safetensors' own default) beside 0644 siblings."""
+    import os
+    import stat
+
+    from pluralign.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tmp_path / "model", {"kind": "test"}, {"w": torch.zeros(2)}, ["a"])
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes["model.safetensors"] == modes["users.json"] == modes["config.json"] == 0o644

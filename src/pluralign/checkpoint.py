@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,8 @@ def save_checkpoint(
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
         atomic_write_json(tmp / USERS, list(users))
+        # safetensors creates its file 0600; give it the mode its siblings get from the umask
+        os.chmod(tmp / TENSORS, stat.S_IMODE(os.stat(tmp / USERS).st_mode))
         if extra is not None:
             config = {**config, **extra(tmp)}
         full = {
