@@ -220,3 +220,29 @@ def test_persona_build(tmp_path):
     result = runner.invoke(app, ["persona", "build", str(tmp_path / "big"), "--jsonl"])
     assert result.exit_code == 2 and "compact dataset" in result.output
     assert not (tmp_path / "big").exists()
+
+
+def test_embed_reports_the_model_load_apart_from_the_encoding_rate(tmp_path, monkeypatch):
+    """texts/s used to include the model load; the load is now its own column."""
+    import time
+
+    import pluralign.encoders.spec as spec
+
+    class SlowLoad:
+        id, dim = "slow-load-4", 4
+
+        def load_model(self):
+            if not getattr(self, "loaded", False):
+                time.sleep(0.4)
+                self.loaded = True
+
+        def encode(self, texts, *, batch_size=64, show_progress=False):
+            self.load_model()
+            return np.ones((len(texts), self.dim), dtype=np.float32)
+
+    monkeypatch.setattr(spec, "encoder_from_spec", lambda name: SlowLoad())
+    data = Path(__file__).resolve().parents[1] / "examples" / "train.jsonl"
+    result = runner.invoke(app, ["embed", str(data), "--cache", str(tmp_path / "cache"), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["load_seconds"] >= 0.4 > row["seconds"] and row["encoded"] == row["texts"] > 0
